@@ -1,0 +1,107 @@
+"""The metadata store: one SQLAlchemy code path for SQLite (embedded) and PostgreSQL (scale-out)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from passerelle._deps import require
+from passerelle.errors import StoreError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# Any constant works: it only has to be the same for every process sharing a database.
+_PG_MIGRATION_LOCK = 0x7061_7373
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling would BEGIN lazily and let two writers both
+    # read a stale max(number); we issue BEGIN ourselves (IMMEDIATE for writes).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    mode = "IMMEDIATE" if conn.get_execution_options().get("passerelle_write") else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_store_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        require("psycopg", "postgres")
+        return create_engine(url, pool_pre_ping=True)
+    raise StoreError(f"unsupported database URL {parsed.render_as_string(hide_password=True)}")
+
+
+class Store:
+    """Owns the engine and hands out sessions; applies migrations once per process."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        try:
+            self.engine = create_store_engine(url)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the metadata store: {exc}") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writes = sessionmaker(
+            self.engine.execution_options(passerelle_write=True), expire_on_commit=False
+        )
+        if migrate:
+            self.upgrade()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def upgrade(self) -> str:
+        """Bring the schema to the newest revision; safe when several processes start at once."""
+        from passerelle.store.migrate import upgrade
+
+        try:
+            return upgrade(self)
+        except OperationalError as exc:
+            raise StoreError(f"cannot reach the metadata store: {exc.orig}") from exc
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._guard(), self._sessions() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that serialises writers (BEGIN IMMEDIATE on SQLite)."""
+        with self._guard(), self._writes() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            raise StoreError(f"the metadata store failed: {exc.orig}") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.read() as session:
+            session.execute(text("SELECT 1"))
