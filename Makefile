@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/passerelle demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check --no-cache src tests
+	$(BIN)/ruff format --no-cache --check src tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

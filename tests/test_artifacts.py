@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers import small_model
 
 from passerelle.artifacts import ArtifactStore, storage_options_from_settings
 from passerelle.client import LocalClient
 from passerelle.errors import IntegrityError, MissingDependencyError
 from passerelle.settings import Settings
+from tests.helpers import small_model
 
 
 def _tree(root: Path) -> Path:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.helpers import small_frame
 
 from passerelle.client import LocalClient
 from passerelle.errors import InvalidInputError, NotFoundError
 from passerelle.settings import Settings
+from tests.helpers import small_frame
 
 
 def test_register_profile_and_deduplicate(any_client: LocalClient, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers import small_model
 
 from passerelle.client import LocalClient
 from passerelle.errors import (
@@ -20,6 +19,7 @@ from passerelle.errors import (
     UnknownFlavorError,
 )
 from passerelle.registry import EnvironmentMismatchWarning
+from tests.helpers import small_model
 
 
 def test_versions_are_numbered_and_resolved_three_ways(any_client: LocalClient) -> None:
