@@ -10,7 +10,9 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -182,3 +184,115 @@ class AuditRecord(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Endpoint(Base):
+    __tablename__ = "endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    #: number of the revision in force; every policy change adds a revision and moves this
+    current_revision: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    revisions: Mapped[list[EndpointRevision]] = relationship(
+        back_populates="endpoint", order_by="EndpointRevision.number"
+    )
+
+
+class EndpointRevision(Base):
+    __tablename__ = "endpoint_revisions"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "number", name="uq_endpoint_revisions_endpoint_number"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    #: the whole policy, with every version pinned to a number
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: deploy, update, promote, rollback, canary-step, canary-rollback, canary-done
+    kind: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+    endpoint: Mapped[Endpoint] = relationship(back_populates="revisions")
+
+
+class Prediction(Base):
+    """One answered row. Written from the gateway's durable log, never on the response path."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_endpoint_at", "endpoint", "at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200))
+    revision: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    at: Mapped[dt.datetime] = mapped_column()
+    latency_ms: Mapped[float] = mapped_column(Float)
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    key: Mapped[str | None] = mapped_column(String(500), nullable=True, index=True)
+    request_id: Mapped[str] = mapped_column(String(40), default="")
+    #: online, batch
+    source: Mapped[str] = mapped_column(String(20), default="online")
+
+
+class ShadowPrediction(Base):
+    """A shadow version's answer to a served prediction, under the same prediction id."""
+
+    __tablename__ = "shadow_predictions"
+
+    prediction_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200), index=True)
+    at: Mapped[dt.datetime] = mapped_column()
+    latency_ms: Mapped[float] = mapped_column(Float)
+    outputs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Figure(Base):
+    """Operational figures of one worker for one endpoint version over one time bucket.
+
+    Latency is kept as a histogram on fixed bounds so buckets of several workers and
+    replicas merge exactly into percentiles.
+    """
+
+    __tablename__ = "figures"
+    __table_args__ = (
+        UniqueConstraint("endpoint", "model", "version", "bucket", "worker", name="uq_figures_series"),
+        Index("ix_figures_endpoint_bucket", "endpoint", "bucket"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    bucket: Mapped[dt.datetime] = mapped_column()
+    worker: Mapped[str] = mapped_column(String(100))
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    rejected_rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_hist: Mapped[list[Any]] = mapped_column(default=list)
+    shadow_compared: Mapped[int] = mapped_column(BigInteger, default=0)
+    shadow_disagreed: Mapped[int] = mapped_column(BigInteger, default=0)
+    shadow_dropped: Mapped[int] = mapped_column(BigInteger, default=0)
+    rejections: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Lease(Base):
+    """A named lease so that one worker among many runs a periodic job (canary steps, monitors)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[dt.datetime] = mapped_column()
