@@ -13,6 +13,7 @@ import datetime as dt
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,47 @@ def _json_safe(values: dict[str, Any] | None, what: str) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class PreparedArtifact:
+    """A model written in its flavor's layout, ready to be stored.
+
+    Preparing needs the model's libraries but no store, so a remote client prepares
+    locally and uploads the folder; the environment and code lineage are the preparer's.
+    """
+
+    folder: Path
+    flavor: str
+    saved: SavedArtifact
+    environment: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_artifact(
+    model: Any,
+    dest: Path,
+    *,
+    flavor: str | None = None,
+    trust: bool = False,
+    source_dir: Path | None = None,
+) -> PreparedArtifact:
+    """Write ``model`` (object, file/folder path, or ``module:attr``) into the empty folder ``dest``."""
+    if isinstance(model, str) and Path(model).exists():
+        model = Path(model)
+    if isinstance(model, Path) and not model.exists():
+        raise InvalidInputError(f"cannot read {model}: no such file or directory")
+    chosen = get_flavor(flavor) if flavor and flavor != "auto" else detect(model)
+    if isinstance(model, Path):
+        saved = chosen.save_path(model, dest, trusted=trust)
+    elif isinstance(model, str) and chosen.name == "python":
+        saved = chosen.save_reference(model, dest)
+    else:
+        saved = chosen.save_object(model, dest)
+    lineage: dict[str, Any] = {**code_lineage(source_dir), "flavor": chosen.name}
+    if isinstance(model, Path):
+        lineage["source"] = str(model.resolve())
+    return PreparedArtifact(dest, chosen.name, saved, environment.capture(saved.libraries), lineage)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
@@ -196,6 +238,10 @@ class Registry:
         if version.archived and not allow_archived:
             raise ConflictError(f"version {version.model.name}:{version.number} is archived")
         return version
+
+    def resolve_in(self, session: Session, ref: str, *, allow_archived: bool = True) -> VersionInfo:
+        """Resolve a reference inside the caller's transaction."""
+        return _version_info(self._resolve(session, ref, allow_archived=allow_archived))
 
     def get_version(self, ref: str) -> VersionInfo:
         with self.ctx.store.read() as session:
@@ -240,39 +286,65 @@ class Registry:
     ) -> VersionInfo:
         """Register ``model`` (an object, a file/folder path, or a ``module:attr`` reference)."""
         check_name(name, "model name")
+        workdir = Path(tempfile.mkdtemp(prefix="passerelle-register-"))
+        try:
+            prepared = prepare_artifact(model, workdir, flavor=flavor, trust=trust, source_dir=source_dir)
+            return self.register_prepared(
+                prepared,
+                name,
+                sample=sample,
+                closed=closed,
+                metrics=metrics,
+                params=params,
+                tags=tags,
+                dataset=dataset,
+                description=description,
+                trust=trust,
+                reason=reason,
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def register_prepared(
+        self,
+        prepared: PreparedArtifact,
+        name: str,
+        *,
+        sample: Any = None,
+        closed: list[str] | None = None,
+        metrics: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, Any] | None = None,
+        dataset: str | None = None,
+        description: str = "",
+        trust: bool = False,
+        reason: str | None = None,
+    ) -> VersionInfo:
+        """Register an artifact already written in a flavor's layout (what a remote client uploads)."""
+        check_name(name, "model name")
         metrics_ = _json_safe(metrics, "metrics")
         params_ = _json_safe(params, "params")
         tags_ = _json_safe(tags, "tags")
-        if isinstance(model, str) and Path(model).exists():
-            model = Path(model)
-        if isinstance(model, Path) and not model.exists():
-            raise InvalidInputError(f"cannot read {model}: no such file or directory")
-        chosen = get_flavor(flavor) if flavor and flavor != "auto" else detect(model)
-
-        workdir = Path(tempfile.mkdtemp(prefix="passerelle-register-"))
-        key: str | None = None
+        flavor = get_flavor(prepared.flavor)
+        saved = prepared.saved
+        if saved.untrusted and not trust:
+            raise TrustRequiredError(
+                "loading this model would trust code outside scikit-learn and numpy: "
+                + ", ".join(saved.untrusted)
+                + "; register it with trust=True (--trust) if you vouch for it"
+            )
+        signature, outputs = self._check_sample(flavor, prepared.folder, saved, sample, closed, trust)
+        options = dict(saved.options)
+        if saved.untrusted:
+            options["untrusted"] = list(saved.untrusted)
+        key: str | None = self.ctx.artifacts.new_key(name)
         try:
-            saved = self._save(chosen, model, workdir, trust)
-            if saved.untrusted and not trust:
-                raise TrustRequiredError(
-                    "loading this model would trust code outside scikit-learn and numpy: "
-                    + ", ".join(saved.untrusted)
-                    + "; register it with trust=True (--trust) if you vouch for it"
-                )
-            signature, outputs = self._check_sample(chosen, workdir, saved, sample, closed, trust)
-            lineage = {**code_lineage(source_dir), "flavor": chosen.name}
-            if isinstance(model, Path):
-                lineage["source"] = str(model.resolve())
-            env = environment.capture(saved.libraries)
-            options = dict(saved.options)
-            if saved.untrusted:
-                options["untrusted"] = list(saved.untrusted)
-            key = self.ctx.artifacts.new_key(name)
-            files = self.ctx.artifacts.put_tree(workdir, key)
+            assert key is not None
+            files = self.ctx.artifacts.put_tree(prepared.folder, key)
             failpoint("register.before_commit")
             info = self._commit(
                 name=name,
-                flavor=chosen.name,
+                flavor=flavor.name,
                 options=options,
                 key=key,
                 files=files,
@@ -281,8 +353,8 @@ class Registry:
                 metrics=metrics_,
                 params=params_,
                 tags=tags_,
-                env=env,
-                lineage=lineage,
+                env=dict(prepared.environment),
+                lineage=dict(prepared.lineage),
                 dataset=dataset,
                 trusted=bool(saved.untrusted) and trust,
                 description=description,
@@ -292,18 +364,9 @@ class Registry:
             failpoint("register.committed")
             return info
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
             if key is not None:
                 with contextlib.suppress(OSError):  # else left as an orphan for the sweep
                     self.ctx.artifacts.delete(key)
-
-    @staticmethod
-    def _save(flavor: Flavor, model: Any, dest: Path, trust: bool) -> SavedArtifact:
-        if isinstance(model, Path):
-            return flavor.save_path(model, dest, trusted=trust)
-        if isinstance(model, str) and flavor.name == "python":
-            return flavor.save_reference(model, dest)
-        return flavor.save_object(model, dest)
 
     @staticmethod
     def _check_sample(
@@ -438,40 +501,41 @@ class Registry:
     # -- changing ------------------------------------------------------------------------
 
     def set_alias(self, model: str, alias: str, number: int, *, reason: str | None = None) -> VersionInfo:
+        with self.ctx.store.write() as session:
+            return self.set_alias_in(session, model, alias, number, reason=reason)
+
+    def set_alias_in(
+        self, session: Session, model: str, alias: str, number: int, *, reason: str | None = None
+    ) -> VersionInfo:
+        """Move an alias inside the caller's transaction (a promotion moves it with its revision)."""
         check_name(alias, "alias")
         if alias.isdigit() or alias == "latest":
             raise InvalidInputError(f"alias {alias!r} is reserved; choose a name such as 'champion'")
-        with self.ctx.store.write() as session:
-            version = self._resolve(session, VersionRef(model, number=number), allow_archived=False)
-            existing = session.scalar(
-                select(Alias).where(Alias.model_id == version.model_id, Alias.name == alias)
+        version = self._resolve(session, VersionRef(model, number=number), allow_archived=False)
+        existing = session.scalar(
+            select(Alias).where(Alias.model_id == version.model_id, Alias.name == alias)
+        )
+        before = {"version": existing.version.number} if existing else None
+        if existing is None:
+            session.add(
+                Alias(model_id=version.model_id, name=alias, version_id=version.id, updated_by=self.ctx.actor)
             )
-            before = {"version": existing.version.number} if existing else None
-            if existing is None:
-                session.add(
-                    Alias(
-                        model_id=version.model_id,
-                        name=alias,
-                        version_id=version.id,
-                        updated_by=self.ctx.actor,
-                    )
-                )
-            else:
-                existing.version_id = version.id
-                existing.updated_by = self.ctx.actor
-                existing.updated_at = dt.datetime.now(dt.UTC)
-            audit.record(
-                session,
-                actor=self.ctx.actor,
-                action="alias.set",
-                target=f"{model}@{alias}",
-                before=before,
-                after={"version": number},
-                reason=reason,
-            )
-            session.flush()
-            session.expire(version.model, ["aliases"])
-            return _version_info(version)
+        else:
+            existing.version_id = version.id
+            existing.updated_by = self.ctx.actor
+            existing.updated_at = dt.datetime.now(dt.UTC)
+        audit.record(
+            session,
+            actor=self.ctx.actor,
+            action="alias.set",
+            target=f"{model}@{alias}",
+            before=before,
+            after={"version": number},
+            reason=reason,
+        )
+        session.flush()
+        session.expire(version.model, ["aliases"])
+        return _version_info(version)
 
     def remove_alias(self, model: str, alias: str, *, reason: str | None = None) -> None:
         with self.ctx.store.write() as session:
