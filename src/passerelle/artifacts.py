@@ -50,6 +50,24 @@ def _walk(root: Path) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
+def verify_folder(folder: Path, files: Iterable[StoredFile]) -> None:
+    """Raise :class:`IntegrityError` unless each of ``files`` is in ``folder`` with its recorded sha256.
+
+    Every path that hands artifact files to a flavor (the store, a remote client's cache)
+    goes through this one check.
+    """
+    for f in files:
+        path = folder / f.path
+        if not path.is_file():
+            raise IntegrityError(f"artifact file {f.path} is missing from {folder}")
+        actual = sha256_file(path)
+        if actual != f.sha256:
+            raise IntegrityError(
+                f"artifact file {f.path} is corrupted: sha256 {actual[:12]}… "
+                f"does not match the recorded {f.sha256[:12]}…; refusing to load it"
+            )
+
+
 class ArtifactStore:
     """Write, verify and fetch artifact trees under one root URI."""
 
@@ -129,16 +147,7 @@ class ArtifactStore:
 
     @staticmethod
     def _verify(folder: Path, files: list[StoredFile]) -> None:
-        for f in files:
-            path = folder / f.path
-            if not path.is_file():
-                raise IntegrityError(f"artifact file {f.path} is missing from {folder}")
-            actual = sha256_file(path)
-            if actual != f.sha256:
-                raise IntegrityError(
-                    f"artifact file {f.path} is corrupted: sha256 {actual[:12]}… "
-                    f"does not match the recorded {f.sha256[:12]}…; refusing to load it"
-                )
+        verify_folder(folder, files)
 
     def verify(self, key: str, files: Iterable[StoredFile]) -> list[str]:
         """Problems found with a stored artifact, without loading it (empty when sound)."""

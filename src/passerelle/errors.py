@@ -58,3 +58,23 @@ class MissingDependencyError(PasserelleError):
 
 class StoreError(PasserelleError):
     """The metadata database or the artifact store cannot be used."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A request is larger than the configured limits (bytes or rows)."""
+
+
+class OverloadedError(PasserelleError):
+    """The server is saturated; the client should retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelError(PasserelleError):
+    """The model itself raised while predicting; ``request_id`` finds it in the logs."""
+
+    def __init__(self, message: str, request_id: str) -> None:
+        super().__init__(f"{message} (request id {request_id})")
+        self.request_id = request_id

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     orphan_grace_seconds: int = Field(
         3600, ge=0, description="Artifacts without metadata older than this are swept as orphans."
     )
+    url: str | None = Field(
+        None,
+        description="URL of a passerelle server; when set, the CLI and connect() work through its API.",
+    )
+    token: SecretStr | None = Field(
+        None, description="Sent as 'Authorization: Bearer <token>' to the passerelle server."
+    )
     config: Path | None = Field(None, description="The settings file that was read, if any.")
 
     @field_validator("database_url")
@@ -80,6 +87,16 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must start with sqlite:// or postgresql+psycopg://")
         return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
 
     @classmethod
     def settings_customise_sources(
@@ -118,6 +135,7 @@ class Settings(BaseSettings):
             out[name] = shown
         out["database_url"] = _mask_url(self.effective_database_url)
         out["artifact_uri"] = self.effective_artifact_uri
+        out["url"] = _mask_http_url(self.url) if self.url else ""
         out["config"] = str(_config_file() or "")
         return out
 
@@ -133,6 +151,18 @@ def _mask_url(url: str) -> str:
     if parsed.password:
         return parsed.render_as_string(hide_password=True)
     return url
+
+
+def _mask_http_url(url: str) -> str:
+    """Hide a password embedded in a server URL (``https://user:secret@host``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def load_settings(**overrides: Any) -> Settings:
