@@ -53,14 +53,18 @@ def test_ab_split_with_sticky_key_and_shadow(endpoints: Endpoints) -> None:
         (DeploySpec(routes=[("churn:1", 100)], canary="churn:2", steps=[5, 50]), "last step must be 100"),
     ],
 )
-def test_bad_policies_are_refused_with_the_reason(endpoints: Endpoints, spec: DeploySpec, message: str) -> None:
+def test_bad_policies_are_refused_with_the_reason(
+    endpoints: Endpoints, spec: DeploySpec, message: str
+) -> None:
     with pytest.raises((InvalidInputError, NotFoundError), match=message):
         endpoints.deploy("churn-api", spec)
     with pytest.raises(NotFoundError):
         endpoints.get("churn-api")  # nothing half-created
 
 
-def test_archived_and_incompatible_versions_are_refused(endpoints: Endpoints, any_client: LocalClient) -> None:
+def test_archived_and_incompatible_versions_are_refused(
+    endpoints: Endpoints, any_client: LocalClient
+) -> None:
     any_client.set_archived("churn:3", True)
     with pytest.raises(ConflictError, match="archived"):
         endpoints.deploy("churn-api", DeploySpec(routes=[("churn:1", 50), ("churn:3", 50)]))
@@ -136,7 +140,9 @@ def test_canary_grows_while_gates_hold_then_promotes(endpoints: Endpoints, any_c
         ({"requests": 50, "error_rate": 0.0, "p99_ms": 20.0, "disagreement_rate": 0.5}, "disagreement"),
     ],
 )
-def test_canary_rolls_back_when_a_gate_fails(endpoints: Endpoints, figures: dict[str, float], reason: str) -> None:
+def test_canary_rolls_back_when_a_gate_fails(
+    endpoints: Endpoints, figures: dict[str, float], reason: str
+) -> None:
     _canary(endpoints)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61)
     rev = endpoints.canary_tick("churn-api", lambda *a: figures, now=later)

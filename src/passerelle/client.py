@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -18,8 +18,15 @@ from passerelle import audit
 from passerelle.audit import AuditEntry
 from passerelle.context import Context
 from passerelle.datasets import DatasetInfo, Datasets, DatasetVersionInfo
+from passerelle.endpoints import DeploySpec, EndpointDetail, EndpointInfo, Endpoints, RevisionInfo
+from passerelle.errors import InvalidInputError, PasserelleError
 from passerelle.registry import LoadedModel, ModelInfo, Registry, VersionInfo
+from passerelle.serving.compare import Comparison
 from passerelle.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from passerelle.batch import BatchRunInfo, ProgressCallback
+    from passerelle.export import ExportInfo
 
 
 class DoctorReport(BaseModel):
@@ -120,6 +127,81 @@ class Client(abc.ABC):
     @abc.abstractmethod
     def gc(self, *, dry_run: bool = False) -> list[str]: ...
 
+    # endpoints and traffic
+    @abc.abstractmethod
+    def deploy(self, name: str, spec: DeploySpec, *, reason: str | None = None) -> RevisionInfo: ...
+
+    @abc.abstractmethod
+    def set_weights(
+        self, name: str, routes: list[tuple[str, int]], *, reason: str | None = None
+    ) -> RevisionInfo: ...
+
+    @abc.abstractmethod
+    def promote(self, name: str, ref: str, *, reason: str | None = None) -> RevisionInfo: ...
+
+    @abc.abstractmethod
+    def rollback(self, name: str, *, to: int | None = None, reason: str | None = None) -> RevisionInfo: ...
+
+    @abc.abstractmethod
+    def list_endpoints(self) -> list[EndpointInfo]: ...
+
+    @abc.abstractmethod
+    def get_endpoint(self, name: str) -> EndpointDetail: ...
+
+    @abc.abstractmethod
+    def compare(self, name: str, *, since: dt.datetime) -> Comparison: ...
+
+    @abc.abstractmethod
+    def predictions_tail(self, name: str, *, limit: int = 20) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def predictions_export(
+        self, name: str, *, output: Path, since: dt.datetime | None = None, fmt: str = "parquet"
+    ) -> int: ...
+
+    # batch scoring and export: in-process work on local files; clients that cannot do it say so
+    def score(
+        self,
+        ref: str,
+        input: str | Path,
+        output: str | Path,
+        *,
+        keep: list[str] | None = None,
+        rejects: str | Path | None = None,
+        fail_on_reject: bool = False,
+        overwrite: bool = False,
+        log: bool = False,
+        log_endpoint: str | None = None,
+        key_column: str | None = None,
+        batch_rows: int | None = None,
+        engine: str = "local",
+        spark_master: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> BatchRunInfo:
+        """Score a CSV or Parquet file with a version; see :func:`passerelle.batch.score_file`."""
+        raise PasserelleError(f"{type(self).__name__} cannot score files; use a local client")
+
+    def batch_runs(self, *, model: str | None = None, limit: int = 50) -> list[BatchRunInfo]:
+        raise PasserelleError(f"{type(self).__name__} cannot list batch runs; use a local client")
+
+    def batch_run(self, run_id: str) -> BatchRunInfo:
+        raise PasserelleError(f"{type(self).__name__} cannot show batch runs; use a local client")
+
+    def export(
+        self,
+        ref: str,
+        output: str | Path,
+        *,
+        fmt: str = "onnx",
+        tolerance: float | None = None,
+        sample: str | Path | None = None,
+        register: str | None = None,
+        overwrite: bool = False,
+        reason: str | None = None,
+    ) -> ExportInfo:
+        """Convert a version for embedded use; see :func:`passerelle.export.export_model`."""
+        raise PasserelleError(f"{type(self).__name__} cannot export models; use a local client")
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections; the client must not be used afterwards."""
 
@@ -137,6 +219,9 @@ class LocalClient(Client):
         self.ctx = Context(settings or load_settings(), actor=actor or "")
         self.registry = Registry(self.ctx)
         self.datasets = Datasets(self.ctx)
+        self.endpoints = Endpoints(self.ctx, self.registry)
+        # A revision may name a version only once it is proven to load (checksums, flavor, trust).
+        self.endpoints.load_check = self._check_loads
 
     @property
     def settings(self) -> Settings:
@@ -253,10 +338,143 @@ class LocalClient(Client):
     def gc(self, *, dry_run: bool = False) -> list[str]:
         return self.registry.sweep_orphans(dry_run=dry_run)
 
+    def _check_loads(self, ref: str) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an environment difference is not a reason to refuse
+            self.registry.load(ref)
+
+    def deploy(self, name: str, spec: DeploySpec, *, reason: str | None = None) -> RevisionInfo:
+        return self.endpoints.deploy(name, spec, reason=reason)
+
+    def set_weights(
+        self, name: str, routes: list[tuple[str, int]], *, reason: str | None = None
+    ) -> RevisionInfo:
+        return self.endpoints.set_weights(name, routes, reason=reason)
+
+    def promote(self, name: str, ref: str, *, reason: str | None = None) -> RevisionInfo:
+        return self.endpoints.promote(name, ref, reason=reason)
+
+    def rollback(self, name: str, *, to: int | None = None, reason: str | None = None) -> RevisionInfo:
+        return self.endpoints.rollback(name, to=to, reason=reason)
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        return self.endpoints.list_endpoints()
+
+    def get_endpoint(self, name: str) -> EndpointDetail:
+        return self.endpoints.detail(name)
+
+    def compare(self, name: str, *, since: dt.datetime) -> Comparison:
+        from passerelle.serving.compare import compare
+
+        self.endpoints.get(name)
+        return compare(self.ctx.store, name, since=since)
+
+    def predictions_tail(self, name: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        from passerelle.predictionlog import tail
+
+        self.endpoints.get(name)
+        return tail(self.ctx.store, name, limit=limit)
+
+    def predictions_export(
+        self, name: str, *, output: Path, since: dt.datetime | None = None, fmt: str = "parquet"
+    ) -> int:
+        from passerelle.predictionlog import export
+
+        formats: dict[str, Literal["parquet", "csv", "jsonl"]] = {
+            "parquet": "parquet",
+            "csv": "csv",
+            "jsonl": "jsonl",
+        }
+        if fmt not in formats:
+            raise InvalidInputError(f"unknown export format {fmt!r}: choose parquet, csv or jsonl")
+        self.endpoints.get(name)
+        return export(self.ctx.store, name, since=since, output=output, format=formats[fmt])
+
+    def score(
+        self,
+        ref: str,
+        input: str | Path,
+        output: str | Path,
+        *,
+        keep: list[str] | None = None,
+        rejects: str | Path | None = None,
+        fail_on_reject: bool = False,
+        overwrite: bool = False,
+        log: bool = False,
+        log_endpoint: str | None = None,
+        key_column: str | None = None,
+        batch_rows: int | None = None,
+        engine: str = "local",
+        spark_master: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> BatchRunInfo:
+        from passerelle.batch import score_file
+
+        return score_file(
+            self.ctx,
+            ref,
+            input,
+            output,
+            keep=keep or [],
+            rejects=rejects,
+            fail_on_reject=fail_on_reject,
+            overwrite=overwrite,
+            log=log,
+            log_endpoint=log_endpoint,
+            key_column=key_column,
+            batch_rows=batch_rows,
+            engine=engine,
+            spark_master=spark_master,
+            progress=progress,
+        )
+
+    def batch_runs(self, *, model: str | None = None, limit: int = 50) -> list[BatchRunInfo]:
+        from passerelle.batch import list_runs
+
+        return list_runs(self.ctx, model=model, limit=limit)
+
+    def batch_run(self, run_id: str) -> BatchRunInfo:
+        from passerelle.batch import get_run
+
+        return get_run(self.ctx, run_id)
+
+    def export(
+        self,
+        ref: str,
+        output: str | Path,
+        *,
+        fmt: str = "onnx",
+        tolerance: float | None = None,
+        sample: str | Path | None = None,
+        register: str | None = None,
+        overwrite: bool = False,
+        reason: str | None = None,
+    ) -> ExportInfo:
+        from passerelle.export import export_model
+
+        return export_model(
+            self.ctx,
+            ref,
+            output,
+            fmt=fmt,
+            tolerance=tolerance,
+            sample=sample,
+            register=register,
+            overwrite=overwrite,
+            reason=reason,
+        )
+
     def close(self) -> None:
         self.ctx.close()
 
 
 def connect(settings: Settings | None = None) -> Client:
-    """The client the settings call for (local today; remote when a server URL is set)."""
+    """The client the settings call for: remote when a server URL is set, local otherwise."""
+    settings = settings or load_settings()
+    if settings.url:
+        from passerelle.remote import RemoteClient
+
+        return RemoteClient(settings)
     return LocalClient(settings)

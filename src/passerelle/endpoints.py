@@ -66,6 +66,20 @@ def _revision_info(endpoint: Endpoint, rev: EndpointRevision) -> RevisionInfo:
     )
 
 
+class LiveVersion(BaseModel):
+    ref: str
+    requests: int
+    error_rate: float
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+class EndpointDetail(BaseModel):
+    endpoint: EndpointInfo
+    revisions: list[RevisionInfo]
+    live: list[LiveVersion]
+
+
 class DeploySpec(BaseModel):
     """What a user asks for, with references not yet pinned (``churn@champion`` is allowed)."""
 
@@ -133,6 +147,24 @@ class Endpoints:
             for endpoint in session.scalars(select(Endpoint).order_by(Endpoint.name)).all():
                 out.append(self._info(endpoint, self._current(session, endpoint)))
             return out
+
+    def detail(self, name: str, *, window: dt.timedelta = dt.timedelta(minutes=5)) -> EndpointDetail:
+        """The policy, the traffic each version really got over ``window``, and the history."""
+        from passerelle.serving.figures import summary
+
+        info = self.get(name)
+        figures = summary(self.ctx.store, name, since=dt.datetime.now(dt.UTC) - window)
+        live = [
+            LiveVersion(
+                ref=f"{model}:{version}",
+                requests=s.requests,
+                error_rate=s.error_rate,
+                p50_ms=s.p50_ms,
+                p99_ms=s.p99_ms,
+            )
+            for (model, version), s in sorted(figures.items())
+        ]
+        return EndpointDetail(endpoint=info, revisions=self.revisions(name), live=live)
 
     def revisions(self, name: str, *, limit: int = 50) -> list[RevisionInfo]:
         with self.ctx.store.read() as session:
