@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from passerelle.__about__ import __version__
-from passerelle.cli import admin, datasets, registry
+from passerelle.cli import admin, batch, datasets, registry, serving
 from passerelle.cli._common import err_console
 from passerelle.errors import PasserelleError
 
@@ -54,6 +54,15 @@ app.add_typer(admin.db_app, name="db")
 app.command("audit")(admin.audit)
 app.command("doctor")(admin.doctor)
 app.command("gc")(admin.gc)
+app.command("score")(batch.score)
+app.command("export")(batch.export)
+app.add_typer(batch.batch_app, name="batch")
+app.command("deploy")(serving.deploy)
+app.command("promote")(serving.promote)
+app.command("rollback")(serving.rollback)
+app.command("serve")(serving.serve)
+app.add_typer(serving.endpoints_app, name="endpoints")
+app.add_typer(serving.predictions_app, name="predictions")
 
 
 @app.command("demo")

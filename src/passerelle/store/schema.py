@@ -296,3 +296,37 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[dt.datetime] = mapped_column()
+
+
+class BatchRun(Base):
+    """One batch scoring run of a file by a model version (``passerelle score``).
+
+    Inserted as ``running`` when scoring starts and updated when it ends, so a run whose
+    process died stays visible as ``running`` with no end time.
+    """
+
+    __tablename__ = "batch_runs"
+    __table_args__ = (Index("ix_batch_runs_model_started", "model", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    input_uri: Mapped[str] = mapped_column(String(2000))
+    #: ``sha256:<hex>`` of the bytes, or ``s3-etag:<etag>:<size>`` for objects in a bucket
+    input_fingerprint: Mapped[str] = mapped_column(String(200), default="")
+    output_uri: Mapped[str] = mapped_column(String(2000))
+    rejects_uri: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    rows_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_scored: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: running, succeeded, failed
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: local, spark
+    engine: Mapped[str] = mapped_column(String(20), default="local")
+    #: options and figures that do not need their own column (rejections by reason, logging...)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[str] = mapped_column(String(200))
