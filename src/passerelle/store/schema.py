@@ -330,3 +330,43 @@ class BatchRun(Base):
     #: options and figures that do not need their own column (rejections by reason, logging...)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(200))
+
+
+class Feedback(Base):
+    """The ground truth of one prediction. The last label received wins; relabels are audited.
+
+    ``prediction_at`` repeats the prediction's time so that a late label lands in the window
+    of its prediction and windows are found from this table's own index.
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_endpoint_prediction_at", "endpoint", "prediction_at"),)
+
+    prediction_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200))
+    prediction_at: Mapped[dt.datetime] = mapped_column()
+    label: Mapped[Any] = mapped_column(JSON)
+    label_at: Mapped[dt.datetime] = mapped_column()
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    received_by: Mapped[str] = mapped_column(String(200))
+    #: the business key the label was given by, when it was not given by prediction id
+    key: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+
+class FeedbackUnmatched(Base):
+    """A label that matched no prediction (yet): kept so it can be joined once the prediction ships."""
+
+    __tablename__ = "feedback_unmatched"
+    __table_args__ = (Index("ix_feedback_unmatched_endpoint_status", "endpoint", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200))
+    prediction_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    key: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    label: Mapped[Any] = mapped_column(JSON)
+    label_at: Mapped[dt.datetime] = mapped_column()
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    received_by: Mapped[str] = mapped_column(String(200))
+    #: waiting (retried by a rejoin), invalid (found its prediction, but the label does not fit it)
+    status: Mapped[str] = mapped_column(String(20), default="waiting")
+    reason: Mapped[str] = mapped_column(Text, default="")
