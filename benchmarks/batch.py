@@ -14,12 +14,9 @@ The results go to BENCHMARKS.md, section "Batch scoring" (replaced on a re-run).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
-import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +24,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from _report import machine, write_section  # a sibling of this script, on sys.path when run
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "batch"
@@ -209,36 +208,6 @@ def spark_start_up() -> float:
 # report
 
 
-_MISSING = (OSError, subprocess.SubprocessError, ValueError, IndexError)
-
-
-def machine() -> str:
-    cpus = os.cpu_count() or 0
-    with contextlib.suppress(*_MISSING):
-        cpus = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(*_MISSING):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown memory"
-    with contextlib.suppress(*_MISSING):
-        free = subprocess.run(["free", "-h"], capture_output=True, text=True, check=True).stdout
-        memory = free.splitlines()[1].split()[1] + " RAM"
-    return f"{model}, {cpus} CPUs, {memory}"
-
-
-def write_section(text: str, path: Path) -> None:
-    content = path.read_text() if path.exists() else f"# Benchmarks\n\nMachine: {machine()}.\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: text, content, count=1)
-    else:
-        content = content.rstrip("\n") + "\n\n" + text
-    path.write_text(content.rstrip("\n") + "\n")
-
-
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     rows = args.rows
     lines = [
@@ -355,7 +324,7 @@ def main() -> None:
     text = report(results, args)
     print(text)
     if not args.no_write:
-        write_section(text, ROOT / "BENCHMARKS.md")
+        write_section(text, ROOT / "BENCHMARKS.md", SECTION)
         print("written to BENCHMARKS.md")
 
 

@@ -28,13 +28,13 @@ import datetime as dt
 import gc
 import json
 import os
-import platform
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _report import machine, write_section  # a sibling of this script, on sys.path when run
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "drift"
@@ -272,35 +272,6 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def machine() -> str:
-    cpus = os.cpu_count()
-    memory = ""
-    try:
-        with open("/proc/meminfo") as handle:
-            kib = int(handle.readline().split()[1])
-        memory = f", {kib / (1 << 20):.0f}Gi RAM"
-    except OSError:
-        pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        cpu = names[0].split()[0] + " " + names[0].split()[1] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {cpus} CPUs{memory}"
-
-
-def write_section(text: str, path: Path) -> None:
-    content = path.read_text() if path.exists() else f"# Benchmarks\n\nMachine: {machine()}.\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: text, content, count=1)
-    else:
-        content = content.rstrip("\n") + "\n\n" + text
-    path.write_text(content.rstrip("\n") + "\n")
-
-
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     ours = results["passerelle"]
     evidently = results.get("evidently")
@@ -405,7 +376,7 @@ def main() -> None:
     text = report(results, args)
     print(text)
     if not args.no_write:
-        write_section(text, ROOT / "BENCHMARKS.md")
+        write_section(text, ROOT / "BENCHMARKS.md", SECTION)
         print("written to BENCHMARKS.md")
 
 

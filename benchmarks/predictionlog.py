@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import platform
-import re
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from _report import machine, write_section  # a sibling of this script, on sys.path when run
 
 from passerelle import predictionlog
 from passerelle.predictionlog import PredictionLog, PredictionRecord, new_prediction_id
@@ -129,37 +128,6 @@ def measure(directory: Path, *, fsync: bool, concurrency: int, seconds: float) -
     }
 
 
-# A missing tool (nproc, free, /proc) only makes the machine line vaguer.
-_MISSING = (OSError, subprocess.SubprocessError, ValueError, IndexError)
-
-
-def machine() -> str:
-    cpus = os.cpu_count() or 0
-    with contextlib.suppress(*_MISSING):
-        cpus = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(*_MISSING):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown memory"
-    with contextlib.suppress(*_MISSING):
-        free = subprocess.run(["free", "-h"], capture_output=True, text=True, check=True).stdout
-        memory = free.splitlines()[1].split()[1] + " RAM"
-    return f"{model}, {cpus} CPUs, {memory}"
-
-
-def write_section(text: str, path: Path) -> None:
-    content = path.read_text() if path.exists() else f"# Benchmarks\n\nMachine: {machine()}.\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(content):
-        content = pattern.sub(lambda _: text, content, count=1)
-    else:
-        content = content.rstrip("\n") + "\n\n" + text
-    path.write_text(content.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each measurement")
@@ -217,7 +185,7 @@ def main() -> None:
         )
     text = "\n".join(lines) + "\n"
     if not args.no_write:
-        write_section(text, ROOT / "BENCHMARKS.md")
+        write_section(text, ROOT / "BENCHMARKS.md", SECTION)
         print("written to BENCHMARKS.md")
 
 
