@@ -337,9 +337,9 @@ class Registry:
         options = dict(saved.options)
         if saved.untrusted:
             options["untrusted"] = list(saved.untrusted)
-        key: str | None = self.ctx.artifacts.new_key(name)
+        key = self.ctx.artifacts.new_key(name)
+        committed = False
         try:
-            assert key is not None
             files = self.ctx.artifacts.put_tree(prepared.folder, key)
             failpoint("register.before_commit")
             info = self._commit(
@@ -360,11 +360,11 @@ class Registry:
                 description=description,
                 reason=reason,
             )
-            key = None  # committed: the artifact now belongs to the version
+            committed = True  # the artifact now belongs to the version
             failpoint("register.committed")
             return info
         finally:
-            if key is not None:
+            if not committed:
                 with contextlib.suppress(OSError):  # else left as an orphan for the sweep
                     self.ctx.artifacts.delete(key)
 
