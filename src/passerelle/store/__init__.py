@@ -18,6 +18,20 @@ from passerelle.errors import StoreError
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any constant works: it only has to be the same for every process sharing a database.
 _PG_MIGRATION_LOCK = 0x7061_7373
+# libpq connection parameters, unless the database URL sets its own. Without them a database host
+# that accepts connections and never answers, or that vanishes mid-conversation, holds a request
+# for as long as TCP keeps trying (minutes); with them the request fails with StoreError (503).
+PG_CONNECT_ARGS: dict[str, int] = {
+    # seconds for a new connection, handshake included
+    "connect_timeout": 5,
+    # milliseconds sent data may stay unacknowledged before the connection is dropped
+    "tcp_user_timeout": 30_000,
+    # probe an idle connection after 30 s, every 10 s, 3 times, so a dead peer is noticed
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -48,7 +62,9 @@ def create_store_engine(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql":
         require("psycopg", "postgres")
-        return create_engine(url, pool_pre_ping=True)
+        given = set(parsed.query)
+        defaults = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in given}
+        return create_engine(url, pool_pre_ping=True, connect_args=defaults)
     raise StoreError(f"unsupported database URL {parsed.render_as_string(hide_password=True)}")
 
 

@@ -184,6 +184,10 @@ class AuditRecord(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
+    #: sha256 of the previous record's hash and this record's content: an edit or a deletion
+    #: made behind the application's back breaks the chain (``passerelle doctor``)
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Endpoint(Base):
@@ -370,3 +374,266 @@ class FeedbackUnmatched(Base):
     #: waiting (retried by a rejoin), invalid (found its prediction, but the label does not fit it)
     status: Mapped[str] = mapped_column(String(20), default="waiting")
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class ReferenceProfile(Base):
+    """Reference statistics of one version against one reference, computed once and kept.
+
+    ``reference`` names what was summarised (``dataset:churn-train:2``); ``stats`` is
+    :meth:`passerelle.drift.ReferenceStats.to_dict`, so a window is compared without reading the
+    reference again.
+    """
+
+    __tablename__ = "reference_profiles"
+    __table_args__ = (UniqueConstraint("model", "version", "reference", name="uq_reference_profiles_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    reference: Mapped[str] = mapped_column(String(500))
+    fingerprint: Mapped[str] = mapped_column(String(200), default="")
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Monitor(Base):
+    """The checks of one endpoint over consecutive windows of prediction time.
+
+    ``next_window`` is the start of the first window not evaluated yet: a run evaluates every
+    closed window from there and moves it forward in the same transaction as the results, so a
+    window is evaluated once and a restart resumes where the last run stopped.
+    """
+
+    __tablename__ = "monitors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200), unique=True)
+    window_s: Mapped[int] = mapped_column(Integer)
+    #: seconds after a window's end before it is evaluated, so late-shipped predictions are in
+    delay_s: Mapped[int] = mapped_column(Integer, default=60)
+    #: "training" (each version's training dataset) or a dataset reference such as "churn-train:2"
+    reference: Mapped[str] = mapped_column(String(500), default="training")
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    next_window: Mapped[dt.datetime] = mapped_column()
+    #: labels received after this moment recompute the performance of the windows they belong to
+    labels_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class MonitorResult(Base):
+    """The figures of one monitor over one window, for one version (or ``version`` 0: all of them)."""
+
+    __tablename__ = "monitor_results"
+    __table_args__ = (
+        UniqueConstraint("monitor_id", "window_start", "model", "version", name="uq_monitor_results_window"),
+        Index("ix_monitor_results_endpoint_window", "endpoint", "window_start"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    monitor_id: Mapped[int] = mapped_column(ForeignKey("monitors.id"))
+    endpoint: Mapped[str] = mapped_column(String(200))
+    window_start: Mapped[dt.datetime] = mapped_column()
+    window_end: Mapped[dt.datetime] = mapped_column()
+    model: Mapped[str] = mapped_column(String(200), default="")
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    #: ok, drift, insufficient (too few rows), no_traffic, error
+    status: Mapped[str] = mapped_column(String(20))
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: flat name → number, the names alert rules use (``drift.share``, ``latency.p99_ms``)
+    figures: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: the drift report, performance and window sketch behind the figures
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    evaluated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AlertRule(Base):
+    """A condition on a monitor figure, held for ``for_windows`` windows before it fires."""
+
+    __tablename__ = "alert_rules"
+    __table_args__ = (UniqueConstraint("endpoint", "name", name="uq_alert_rules_endpoint_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    #: ``drift.share > 0.3``: figure, operator, threshold
+    expression: Mapped[str] = mapped_column(String(500))
+    for_windows: Mapped[int] = mapped_column(Integer, default=1)
+    keep_firing_windows: Mapped[int] = mapped_column(Integer, default=0)
+    severity: Mapped[str] = mapped_column(String(20), default="warning")
+    #: names of rules whose firing silences this one (a schema alert inhibits drift alerts)
+    inhibited_by: Mapped[list[Any]] = mapped_column(default=list)
+    #: notifier names; empty means every enabled notifier
+    notify: Mapped[list[Any]] = mapped_column(default=list)
+    #: a pipeline to trigger when the alert fires (the retraining hook)
+    pipeline: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class Alert(Base):
+    """One episode of a rule being true for one endpoint and version: pending → firing → resolved."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_endpoint_state", "endpoint", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_id: Mapped[int] = mapped_column(ForeignKey("alert_rules.id"))
+    endpoint: Mapped[str] = mapped_column(String(200))
+    #: the group an alert is deduplicated in: rule, endpoint and version
+    fingerprint: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(String(200), default="")
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(20))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    true_windows: Mapped[int] = mapped_column(Integer, default=0)
+    false_windows: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    fired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_window: Mapped[dt.datetime] = mapped_column()
+    inhibited: Mapped[bool] = mapped_column(Boolean, default=False)
+    acked_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    acked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    summary: Mapped[str] = mapped_column(Text, default="")
+
+
+class Silence(Base):
+    """Mutes notifications of matching alerts between two times; the alerts still change state."""
+
+    __tablename__ = "silences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(200))
+    #: a rule name, or "*" for every rule of the endpoint
+    rule: Mapped[str] = mapped_column(String(200), default="*")
+    starts_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    ends_at: Mapped[dt.datetime] = mapped_column()
+    created_by: Mapped[str] = mapped_column(String(200))
+    comment: Mapped[str] = mapped_column(Text, default="")
+
+
+class Notifier(Base):
+    """Where notifications go: a JSON webhook, a Slack/Mattermost webhook or SMTP e-mail."""
+
+    __tablename__ = "notifiers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class Notification(Base):
+    """An outbox row: one message for one notifier, retried with backoff until sent or given up."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int | None] = mapped_column(ForeignKey("alerts.id"), nullable=True)
+    notifier: Mapped[str] = mapped_column(String(200))
+    #: firing, resolved, test
+    event: Mapped[str] = mapped_column(String(20))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: pending, sent, failed (gave up)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ApiToken(Base):
+    """An API token: only its hash is kept; the secret is shown once, when created."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    #: viewer, predictor, scientist, operator, admin
+    role: Mapped[str] = mapped_column(String(20))
+    #: sha256 of the secret, hex
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: the first characters of the secret, to recognise a token in lists and logs
+    prefix: Mapped[str] = mapped_column(String(20))
+    #: endpoint names the token is limited to; empty means every endpoint
+    endpoints: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PipelineRecord(Base):
+    """A retraining pipeline, as last loaded from a passerelle.yaml or from Python."""
+
+    __tablename__ = "pipelines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    #: the validated definition (training step, input, evaluation, promotion, triggers)
+    definition: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: where it was defined: a file path, or "python"
+    source: Mapped[str] = mapped_column(String(2000), default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: what the triggers have seen: dataset versions, the last schedule tick, the last trigger time
+    trigger_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PipelineRun(Base):
+    """One execution of a pipeline: its state, inputs, outputs, evaluation and promotion."""
+
+    __tablename__ = "pipeline_runs"
+    __table_args__ = (
+        UniqueConstraint("pipeline", "number", name="uq_pipeline_runs_pipeline_number"),
+        Index("ix_pipeline_runs_pipeline_state", "pipeline", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(200))
+    number: Mapped[int] = mapped_column(Integer)
+    #: manual, dataset, alert, schedule
+    trigger: Mapped[str] = mapped_column(String(20))
+    trigger_detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: queued, running, succeeded, rejected (gates failed), failed, interrupted, cancelled
+    state: Mapped[str] = mapped_column(String(20))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: the process running it and its last sign of life; a stale heartbeat means interrupted
+    holder: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: dataset versions and fingerprints read
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    code: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    environment_hash: Mapped[str] = mapped_column(String(80), default="")
+    log_path: Mapped[str] = mapped_column(String(2000), default="")
+    #: the version the run registered, e.g. churn:7
+    model_version: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    evaluation: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    promotion: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the pipeline's definition when the run was queued, so a later apply does not change it
+    definition: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: a retry is queued with a backoff: it is not started before this time
+    not_before: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: the failed or interrupted run this one retries
+    retry_of: Mapped[str | None] = mapped_column(String(40), nullable=True)
