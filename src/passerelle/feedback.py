@@ -34,6 +34,7 @@ from passerelle import audit, performance
 from passerelle.context import Context
 from passerelle.errors import InvalidInputError, NotFoundError, SchemaError, StoreError
 from passerelle.policy import Policy
+from passerelle.predictionlog import endpoint_redaction
 from passerelle.store.schema import (
     Endpoint,
     EndpointRevision,
@@ -234,7 +235,11 @@ def _as_time(value: Any) -> dt.datetime:
         raise ValueError(f"time {value!r} is not a date and time")
     if value.tzinfo is None:
         raise ValueError(f"time {value.isoformat()} has no time zone; give one, such as +00:00")
-    return value.astimezone(dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        # 0001-01-01T00:00+05:00 is a valid ISO time whose UTC falls before year 1.
+        raise ValueError(f"time {value.isoformat()} is out of range") from None
 
 
 def _item(raw: FeedbackItem | Mapping[str, Any]) -> FeedbackItem:
@@ -592,6 +597,11 @@ def record_feedback(
             problems.append((index, str(exc)))
     if problems and on_invalid == "raise":
         raise _refuse(problems)
+    redacted = endpoint_redaction(ctx, endpoint)
+    if redacted is not None and redacted.hash_keys:
+        # The endpoint logs its keys hashed: labels join, and are kept, under the same hash.
+        for pending in pendings:
+            pending.key = redacted.key(pending.key)
 
     def work() -> FeedbackResult:
         rejected = list(problems)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -15,8 +17,19 @@ from passerelle.errors import InvalidInputError
 if TYPE_CHECKING:
     from passerelle.client import Client
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output is read by scripts and grep: folding a run name or a digest to fit 80 columns
+# would break both, so only a terminal (or an explicit COLUMNS) sets the width.
+_PIPED_WIDTH = 400
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=_PIPED_WIDTH if piped else None)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 REASON = typer.Option(None, "--reason", help="Why this change is made; kept in the audit log.")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")

@@ -1,0 +1,1 @@
+"""Tests of monitors, alerts and their notifications."""
