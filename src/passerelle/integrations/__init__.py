@@ -1,0 +1,1 @@
+"""Adapters for tools around passerelle (orchestrators). Each imports its tool lazily."""
