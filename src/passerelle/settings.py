@@ -72,6 +72,28 @@ class Settings(BaseSettings):
     orphan_grace_seconds: int = Field(
         3600, ge=0, description="Artifacts without metadata older than this are swept as orphans."
     )
+    monitor_interval_seconds: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "How often `passerelle serve` runs due monitors and delivers notifications; 0 leaves that "
+            "to `passerelle monitor run` (cron or an orchestrator)."
+        ),
+    )
+    archive_uri: str | None = Field(
+        None,
+        description=(
+            "Where old predictions are archived as Parquet: a folder or s3://bucket/prefix; "
+            "default <artifact store>/predictions-archive."
+        ),
+    )
+    archive_after_days: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "When set, `passerelle serve` archives predictions older than this many days; unset: never."
+        ),
+    )
     url: str | None = Field(
         None,
         description="URL of a passerelle server; when set, the CLI and connect() work through its API.",
@@ -79,13 +101,87 @@ class Settings(BaseSettings):
     token: SecretStr | None = Field(
         None, description="Sent as 'Authorization: Bearer <token>' to the passerelle server."
     )
+    auth: bool = Field(
+        False,
+        description="Require an API token on every route but the public ones (`passerelle serve --auth`).",
+    )
+    token_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a server process remembers a checked token: a revocation takes effect "
+        "within this time.",
+    )
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes, answered 413 beyond; multipart uploads (artifacts, "
+        "dataset files) have max_upload_bytes instead.",
+    )
+    max_upload_bytes: int = Field(
+        4 * 1024**3, ge=1024, description="Largest multipart upload in bytes, answered 413 beyond."
+    )
+    max_rows_per_request: int = Field(
+        10_000, ge=1, description="Most rows one prediction request may carry, answered 413 beyond."
+    )
+    request_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="Longest wait for an answer to start once the request has arrived (504), or for the "
+        "next piece of a request body (408); 0: no limit.",
+    )
+    rate_limit_per_s: float = Field(
+        0.0,
+        ge=0,
+        description="Requests a second each token may send to each worker process (429 beyond); 0: none.",
+    )
+    rate_limit_burst: int = Field(
+        0, ge=0, description="Requests a token may send at once above its rate; 0: one second's worth."
+    )
     config: Path | None = Field(None, description="The settings file that was read, if any.")
+    redaction_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Secret of the keyed hash (HMAC-SHA256) that replaces a redacted business key in the "
+            "prediction log and names erased keys in the audit log; default: generated once into "
+            "<home>/redaction.key. Replicas sharing a database must share it."
+        ),
+    )
+    prediction_retention_days: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Logged predictions older than this many days are deleted, for endpoints that set no "
+            "age limit of their own; unset or 0 keeps them whatever their age."
+        ),
+    )
+    prediction_retention_rows: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Only the newest this many logged predictions of each endpoint are kept, for endpoints "
+            "that set no row limit of their own; unset or 0 keeps them all."
+        ),
+    )
+    prediction_retention_interval_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="How often the server's retention sweep may run; 0 leaves it to "
+        "`passerelle predictions retention`.",
+    )
 
     @field_validator("database_url")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("must start with sqlite:// or postgresql+psycopg://")
+        return value
+
+    @field_validator("redaction_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and 0 < len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters: a short secret makes hashed keys guessable")
         return value
 
     @field_validator("url")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from passerelle.auth import AuthenticationError, PermissionDeniedError, RateLimitedError
 from passerelle.errors import (
     ConflictError,
     IntegrityError,
@@ -38,6 +39,7 @@ from passerelle.errors import (
     TrustRequiredError,
     UnknownFlavorError,
 )
+from passerelle.notify import NotifyError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -46,6 +48,16 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("passerelle.api")
+
+
+class RequestTimeoutError(PasserelleError):
+    """The request's body stopped arriving: nothing came for longer than the request timeout."""
+
+
+class AnswerTimeoutError(PasserelleError):
+    """The server did not start answering within the request timeout; whether the request took
+    effect is unknown, so check before sending a change again."""
+
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's own request id is kept only when it is short and plain, so it can be logged as is.
@@ -69,6 +81,9 @@ class ErrorKind:
 # Subclasses come before their base: the first row an exception is an instance of applies.
 # The ``type`` strings are part of the API contract; they do not follow renames of classes.
 ERROR_TABLE: tuple[ErrorKind, ...] = (
+    # Answered with a WWW-Authenticate header: the request needs a valid API token.
+    ErrorKind(AuthenticationError, 401, "Unauthenticated"),
+    ErrorKind(PermissionDeniedError, 403, "PermissionDenied"),
     ErrorKind(NotFoundError, 404, "NotFound"),
     ErrorKind(InvalidReferenceError, 400, "InvalidReference"),
     ErrorKind(SchemaError, 422, "Schema"),
@@ -84,10 +99,16 @@ ERROR_TABLE: tuple[ErrorKind, ...] = (
     ErrorKind(TrustRequiredError, 403, "TrustRequired"),
     ErrorKind(MissingDependencyError, 501, "MissingDependency"),
     ErrorKind(StoreError, 503, "Store"),
-    # Answered with a Retry-After header: the request was fine, the server is busy.
+    # Both answered with a Retry-After header. The caller went over its own rate limit...
+    ErrorKind(RateLimitedError, 429, "RateLimited"),
+    # ... or the request was fine and the server is busy.
     ErrorKind(OverloadedError, 503, "Overloaded"),
+    ErrorKind(RequestTimeoutError, 408, "RequestTimeout"),
+    ErrorKind(AnswerTimeoutError, 504, "Timeout"),
     # The version's own code failed on accepted input: the server's fault, not the caller's.
     ErrorKind(ModelError, 500, "Model"),
+    # A notifier's receiver (webhook, mail server) refused or could not be reached.
+    ErrorKind(NotifyError, 502, "Notify"),
     # A PasserelleError of no subclass above is still the caller's to act on.
     ErrorKind(PasserelleError, 400, "Error"),
 )
@@ -138,14 +159,16 @@ def details_of(exc: PasserelleError) -> list[Any] | None:
         return list(exc.problems)
     if isinstance(exc, MissingDependencyError):
         return [{"package": exc.package, "extra": exc.extra}]
-    if isinstance(exc, OverloadedError):
+    if isinstance(exc, OverloadedError | RateLimitedError):
         return [{"retry_after_s": exc.retry_after_s}]
     return None
 
 
 def headers_of(exc: PasserelleError) -> dict[str, str]:
-    if isinstance(exc, OverloadedError):
+    if isinstance(exc, OverloadedError | RateLimitedError):
         return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    if isinstance(exc, AuthenticationError):
+        return {"WWW-Authenticate": 'Bearer realm="passerelle"'}
     return {}
 
 
@@ -199,7 +222,7 @@ def _rebuild(
     elif isinstance(exc, MissingDependencyError):
         exc.package = str(extra.get("package", ""))
         exc.extra = str(extra.get("extra", ""))
-    elif isinstance(exc, OverloadedError):
+    elif isinstance(exc, OverloadedError | RateLimitedError):
         retry = extra.get("retry_after_s")
         exc.retry_after_s = float(retry) if isinstance(retry, int | float) else 1.0
     elif isinstance(exc, ModelError):
@@ -223,12 +246,16 @@ def _json(status: int, body: dict[str, Any], rid: str, headers: dict[str, str] |
 
 async def _passerelle_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PasserelleError)
+    return error_response(exc, request_id(request))
+
+
+def error_response(exc: PasserelleError, rid: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The answer to ``exc``: its status from the table, the error body, and its headers."""
     kind = kind_of(exc)
-    rid = request_id(request)
     if kind.status >= 500:
         logger.error("%s (request id %s): %s", kind.type, rid, exc)
     body = error_body(kind.type, str(exc), rid, details_of(exc))
-    return _json(kind.status, body, rid, headers_of(exc))
+    return _json(kind.status, body, rid, {**headers_of(exc), **(headers or {})})
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
