@@ -10,6 +10,12 @@ Three parts (see ``docs/predictions.md`` and ADR 5):
   ``shadow_predictions`` tables in large idempotent batches. While the database is unreachable
   the segments simply stay on disk: they are the spool.
 - :func:`tail`, :func:`count` and :func:`export` read what has been shipped.
+
+Data protection (``docs/predictions.md``, "Data protection"): a :class:`Redaction` keeps an
+endpoint's redacted columns out of the records and hashes a redacted key with
+:func:`hash_key`; :func:`erase_predictions` deletes what is stored under a business key and
+leaves a tombstone the shipper honours for records still in the segments; :func:`apply_retention`
+deletes what is older or beyond the limits of each endpoint.
 """
 
 from __future__ import annotations
@@ -18,13 +24,18 @@ import asyncio
 import atexit
 import contextlib
 import datetime as dt
+import hashlib
+import hmac
 import logging
 import os
 import re
+import secrets
+import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -32,33 +43,65 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import orjson
 from filelock import FileLock, Timeout
-from sqlalchemy import Table, and_, func, or_, select
+from pydantic import BaseModel
+from sqlalchemy import Table, and_, delete, func, or_, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.engine import CursorResult, RowMapping
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Delete, Insert
+from sqlalchemy.sql.elements import ColumnElement
 
+from passerelle import audit
 from passerelle._failpoints import failpoint
-from passerelle.errors import PasserelleError, StoreError
+from passerelle.errors import InvalidInputError, NotFoundError, PasserelleError, StoreError
+from passerelle.policy import Policy
+from passerelle.settings import Settings, load_settings
 from passerelle.store import Store
-from passerelle.store.schema import Prediction, ShadowPrediction
+from passerelle.store.schema import (
+    AuditRecord,
+    Endpoint,
+    EndpointRevision,
+    Feedback,
+    FeedbackUnmatched,
+    Prediction,
+    ShadowPrediction,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from passerelle.archive import ArchiveLocation
+    from passerelle.context import Context
+
 __all__ = [
+    "ERASE_ACTION",
+    "HASHED_KEY_PREFIX",
+    "RETENTION_ACTION",
+    "Erasure",
     "LogFigures",
     "LogShipper",
     "PredictionLog",
     "PredictionLogError",
     "PredictionRecord",
+    "Redaction",
     "ShadowRecord",
     "ShipperFigures",
+    "apply_retention",
     "count",
+    "endpoint_policy",
+    "endpoint_redaction",
+    "erase_predictions",
     "export",
+    "hash_key",
     "new_prediction_id",
     "read_log",
+    "redaction",
+    "redaction_secret",
+    "retention_limits",
+    "retention_tick",
     "tail",
+    "without_erased",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +109,8 @@ logger = logging.getLogger(__name__)
 MiB = 1024 * 1024
 _PREDICTIONS = cast(Table, Prediction.__table__)
 _SHADOWS = cast(Table, ShadowPrediction.__table__)
+_FEEDBACK = cast(Table, Feedback.__table__)
+_UNMATCHED = cast(Table, FeedbackUnmatched.__table__)
 _WORKER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # Greedy on the worker part so that a worker name may itself contain "-<digits>".
 _FILE_RE = re.compile(r"(?P<worker>[A-Za-z0-9][A-Za-z0-9_.-]*)-(?P<seq>\d{8,})\.(?P<state>seg|done|pos)")
@@ -670,12 +715,17 @@ class LogShipper:
         log: PredictionLog | None = None,
         batch_size: int = 5000,
         read_bytes: int = 4 * MiB,
+        secret: Callable[[], bytes] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.store = store
         self.log = log
         self.batch_size = batch_size
         self.read_bytes = read_bytes
+        #: the redaction secret, asked for only when an erasure concerns a batch; by default the
+        #: one of the settings whose home holds ``directory``
+        self.secret = secret or (lambda: redaction_secret(load_settings(home=self.directory.parent)))
+        self._erased = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._pass_lock = threading.Lock()
@@ -828,18 +878,29 @@ class LogShipper:
         return sqlite.insert(table).on_conflict_do_nothing()
 
     def _insert(self, batch: _Batch) -> int:
-        """Insert the batch; return how many of its rows the database refused."""
+        """Insert the batch; return how many of its rows were not stored (refused, or erased)."""
         try:
             with self.store.write() as session:
-                if batch.predictions:
-                    session.execute(self._insert_stmt(_PREDICTIONS), batch.predictions)
-                if batch.shadows:
-                    session.execute(self._insert_stmt(_SHADOWS), batch.shadows)
+                predictions, shadows = self._unerased(session, batch.predictions, batch.shadows)
+                if predictions:
+                    session.execute(self._insert_stmt(_PREDICTIONS), predictions)
+                if shadows:
+                    session.execute(self._insert_stmt(_SHADOWS), shadows)
         except Exception as exc:
             if not _is_row_error(exc):
                 raise
             return self._insert_one_by_one(batch)
-        return 0
+        return len(batch.predictions) - len(predictions) + len(batch.shadows) - len(shadows)
+
+    def _unerased(
+        self, session: Session, predictions: list[dict[str, Any]], shadows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        kept_predictions, kept_shadows = without_erased(session, predictions, shadows, self.secret)
+        dropped = len(predictions) - len(kept_predictions) + len(shadows) - len(kept_shadows)
+        if dropped:
+            self._erased += dropped
+            logger.info("prediction log: %d record(s) erased before they were shipped, dropped", dropped)
+        return kept_predictions, kept_shadows
 
     def _insert_one_by_one(self, batch: _Batch) -> int:
         # Rare path: find the rows the database refuses and set them aside, so that one bad row
@@ -849,6 +910,12 @@ class LogShipper:
             table = _PREDICTIONS if kind == "p" else _SHADOWS
             try:
                 with self.store.write() as session:
+                    predictions, shadows = self._unerased(
+                        session, [row] if kind == "p" else [], [row] if kind == "s" else []
+                    )
+                    if not predictions and not shadows:
+                        refused += 1  # erased: not stored, and nothing to set aside
+                        continue
                     session.execute(self._insert_stmt(table), [row])
             except Exception as exc:
                 if not _is_row_error(exc):
@@ -1190,6 +1257,8 @@ def export(
     output: Path,
     format: ExportFormat = "parquet",
     chunk_rows: int = 10_000,
+    include_archive: bool = True,
+    archive: ArchiveLocation | None = None,
 ) -> int:
     """Write the shipped predictions of ``endpoint`` in ``[since, until)`` to ``output``; return the rows.
 
@@ -1198,6 +1267,9 @@ def export(
     Rows are read in chunks; since a column may first appear in a late chunk, chunks are staged
     on disk next to ``output`` and written out once the full set of columns is known. The file
     appears whole or not at all.
+
+    With ``include_archive``, rows already moved to the Parquet archive (``archive``, by default
+    the one of the settings; see :mod:`passerelle.archive`) come first, each row once.
     """
     import pyarrow as pa
     import pyarrow.ipc
@@ -1226,6 +1298,23 @@ def export(
                 writer.write_table(table)
             parts.append(part)
             total += len(rows)
+        if include_archive:
+            # Read after the database: a row archived meanwhile is then in the archive, and a row
+            # found in both is left out of the archive's side by export_tables.
+            from passerelle.archive import export_tables
+
+            archived: list[Path] = []
+            for table in export_tables(
+                endpoint, since, until, exported=parts, location=archive, chunk_rows=chunk_rows
+            ):
+                for column in table.schema:
+                    names.setdefault(column.name, []).append(column.type)
+                part = staging / f"archive-{len(archived):06d}.arrow"
+                with pa.OSFile(str(part), "wb") as sink, pyarrow.ipc.new_file(sink, table.schema) as writer:
+                    writer.write_table(table)
+                archived.append(part)
+                total += table.num_rows
+            parts = archived + parts
         schema = _export_schema(names)
         target = staging / "output"
         _write_export(parts, schema, target, format)
@@ -1261,3 +1350,584 @@ def _write_export(parts: list[Path], schema: pa.Schema, target: Path, format: Ex
             for table in tables():
                 for row in table.to_pylist():
                     out.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+
+
+# ------------------------------------------------------------------------------------ data protection
+
+#: what a redacted business key is logged as: this prefix, then the hex HMAC-SHA256 of the key
+HASHED_KEY_PREFIX = "hmac-sha256:"
+#: audit actions of an erasure (its record is also the tombstone the shipper honours) and of a sweep
+ERASE_ACTION = "predictions.erase"
+RETENTION_ACTION = "predictions.retention"
+#: predictions deleted per transaction by a retention sweep
+RETENTION_BATCH = 2000
+_RETENTION_LEASE = "prediction-retention"
+# Taken shared by every transaction that stores predictions and exclusively by an erasure, so
+# that on PostgreSQL a batch is either stored before the erasure deletes (and is deleted) or
+# checked after the erasure commits (and is dropped). SQLite serialises writers already.
+_PG_ERASURE_LOCK = 0x7072_6976
+_IN_CHUNK = 500
+_COLUMN_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\- ]{0,199}")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_secrets: dict[Path, bytes] = {}
+_secrets_lock = threading.Lock()
+
+
+def redaction_secret(settings: Settings) -> bytes:
+    """The secret of the keyed hash: ``redaction_key`` from the settings, else ``<home>/redaction.key``.
+
+    The file is created on first use with 32 random bytes (as hex), readable by its owner only.
+    Processes sharing a home share it; replicas on separate disks must be given the same
+    ``redaction_key``, or their hashes of one key differ.
+    """
+    configured = settings.redaction_key.get_secret_value() if settings.redaction_key is not None else ""
+    if configured:
+        return configured.encode()
+    path = Path(settings.home).resolve() / "redaction.key"
+    with _secrets_lock:
+        found = _secrets.get(path)
+        if found is None:
+            found = _read_or_create_secret(path)
+            _secrets[path] = found
+        return found
+
+
+def _read_or_create_secret(path: Path) -> bytes:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".redaction-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            # A link never replaces: when two processes create it at once, both read the winner's.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        text = path.read_text().strip()
+    if len(text) < 16:
+        raise StoreError(
+            f"{path} holds no usable secret (at least 16 characters); restore it or set redaction_key"
+        )
+    return text.encode()
+
+
+def hash_key(secret: bytes, key: str) -> str:
+    """The keyed hash a redacted business key is logged as; a key already hashed is kept as it is."""
+    if key.startswith(HASHED_KEY_PREFIX):
+        return key
+    return HASHED_KEY_PREFIX + hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """What an endpoint keeps out of its log: input columns, and keys in clear taken from them."""
+
+    columns: tuple[str, ...]
+    secret: bytes
+    #: the endpoint's key column is redacted: every key it logs is hashed
+    hash_keys: bool = False
+
+    def inputs(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        kept = dict(values)
+        for name in self.columns:
+            kept.pop(name, None)
+        return kept
+
+    def key(self, key: str | None) -> str | None:
+        return None if key is None else hash_key(self.secret, key)
+
+    def hashes(self, keys: Sequence[str | None], columns: Mapping[str, Sequence[Any]]) -> bool:
+        """Whether ``keys`` are logged hashed: the key column is redacted, or a request took its
+        keys from a redacted column (compared from the first value, so a mismatch costs little)."""
+        if self.hash_keys:
+            return True
+        for name in self.columns:
+            values = columns.get(name)
+            if (
+                values is not None
+                and len(values) == len(keys)
+                and len(keys) > 0
+                and _as_key(values[0]) == keys[0]
+                and [_as_key(v) for v in values] == list(keys)
+            ):
+                return True
+        return False
+
+
+def _as_key(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def redaction(columns: Sequence[str], key_column: str | None, settings: Settings) -> Redaction | None:
+    """The redaction of a policy's ``redact`` list; None when nothing is redacted."""
+    if not columns:
+        return None
+    hashed = key_column is not None and key_column in columns
+    return Redaction(tuple(columns), redaction_secret(settings), hashed)
+
+
+def endpoint_policy(session: Session, name: str) -> Policy | None:
+    """The policy in force on endpoint ``name``; None when no endpoint has that name."""
+    query = (
+        select(EndpointRevision.policy)
+        .join(Endpoint, Endpoint.id == EndpointRevision.endpoint_id)
+        .where(Endpoint.name == name, EndpointRevision.number == Endpoint.current_revision)
+    )
+    found = session.execute(query).scalar_one_or_none()
+    return None if found is None else Policy.model_validate(found)
+
+
+def endpoint_redaction(ctx: Context, name: str) -> Redaction | None:
+    """What endpoint ``name`` redacts now; None for a name with no endpoint or nothing redacted."""
+    with ctx.store.read() as session:
+        policy = endpoint_policy(session, name)
+    if policy is None:
+        return None
+    return redaction(policy.redact, policy.key_column or policy.sticky_key, ctx.settings)
+
+
+def _chunked(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start : start + _IN_CHUNK]
+
+
+def _id_time(prediction_id: str) -> dt.datetime:
+    """No later than the prediction's time for the UUIDv7 ids of the gateway; the epoch otherwise."""
+    digits = prediction_id.replace("-", "")
+    if len(digits) == 32 and digits[12] == "7":
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            return dt.datetime.fromtimestamp(int(digits[:12], 16) / 1000, dt.UTC)
+    return _EPOCH
+
+
+def without_erased(
+    session: Session,
+    predictions: list[dict[str, Any]],
+    shadows: list[dict[str, Any]],
+    secret: Callable[[], bytes],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows not covered by an erasure, to insert in the same transaction ``session``.
+
+    A prediction is dropped when an erasure of its endpoint and key was recorded at or after its
+    time; a shadow answer, when an erasure concerns its endpoint and its prediction is neither kept
+    here nor stored (it was erased, or dropped in an earlier batch). ``secret`` is called only
+    when a key in clear has to be compared with an erasure's keyed hash.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock_shared(_PG_ERASURE_LOCK)))
+    if not predictions and not shadows:
+        return predictions, shadows
+    since = min([row["at"] for row in predictions] + [_id_time(row["prediction_id"]) for row in shadows])
+    tombstones: dict[str, list[tuple[dt.datetime, str]]] = {}
+    query = select(AuditRecord.target, AuditRecord.at, AuditRecord.after).where(
+        AuditRecord.action == ERASE_ACTION, AuditRecord.at >= since
+    )
+    for target, at, after in session.execute(query):
+        digest = (after or {}).get("key_hash")
+        if isinstance(digest, str):
+            tombstones.setdefault(target, []).append((at, digest))
+    if not tombstones:
+        return predictions, shadows
+    digests: dict[str, str] = {}
+    kept: list[dict[str, Any]] = []
+    dropped: set[str] = set()
+    for row in predictions:
+        marks, key = tombstones.get(row["endpoint"]), row["key"]
+        if marks and key is not None:
+            digest = digests.get(key)
+            if digest is None:
+                digest = digests[key] = hash_key(secret(), key)
+            if any(digest == mark and erased_at >= row["at"] for erased_at, mark in marks):
+                dropped.add(row["id"])
+                continue
+        kept.append(row)
+    present = {row["id"] for row in kept}
+    doubtful = sorted(
+        {
+            row["prediction_id"]
+            for row in shadows
+            if row["endpoint"] in tombstones
+            and row["prediction_id"] not in present
+            and row["prediction_id"] not in dropped
+        }
+    )
+    for chunk in _chunked(doubtful):
+        present.update(session.scalars(select(_PREDICTIONS.c.id).where(_PREDICTIONS.c.id.in_(chunk))))
+    kept_shadows = [
+        row for row in shadows if row["endpoint"] not in tombstones or row["prediction_id"] in present
+    ]
+    return kept, kept_shadows
+
+
+def _count_deleted(session: Session, statement: Delete) -> int:
+    result = cast(CursorResult[Any], session.execute(statement))
+    return int(result.rowcount or 0)
+
+
+def _delete_predictions(session: Session, endpoint: str, ids: Sequence[str]) -> dict[str, int]:
+    """Delete predictions by id with their shadow answers and labels; the counts of each."""
+    counts = {"predictions": 0, "shadows": 0, "feedback": 0, "feedback_unmatched": 0}
+    for chunk in _chunked(ids):
+        counts["shadows"] += _count_deleted(
+            session, delete(_SHADOWS).where(_SHADOWS.c.prediction_id.in_(chunk))
+        )
+        counts["feedback"] += _count_deleted(
+            session, delete(_FEEDBACK).where(_FEEDBACK.c.prediction_id.in_(chunk))
+        )
+        counts["feedback_unmatched"] += _count_deleted(
+            session,
+            delete(_UNMATCHED).where(
+                _UNMATCHED.c.endpoint == endpoint, _UNMATCHED.c.prediction_id.in_(chunk)
+            ),
+        )
+        counts["predictions"] += _count_deleted(
+            session, delete(_PREDICTIONS).where(_PREDICTIONS.c.id.in_(chunk))
+        )
+    return counts
+
+
+# -------------------------------------------------------------------------------------------- erasure
+
+
+class Erasure(BaseModel):
+    """What an erasure by business key deleted. ``key_hash`` names the key; the key is not kept."""
+
+    endpoint: str
+    key_hash: str
+    at: dt.datetime
+    predictions: int
+    shadows: int
+    feedback: int
+    feedback_unmatched: int
+    #: lines set aside by this host's shipper (``rejected/``) removed from their files
+    set_aside: int
+    #: rows removed from the Parquet archive (see :mod:`passerelle.archive`)
+    archived: int = 0
+
+
+def _key_value(endpoint: str, text: str, key_column: str | None) -> str:
+    """The key of ``VALUE`` or ``COLUMN=VALUE``, the column checked against the endpoint's."""
+    if not text:
+        raise InvalidInputError("key: give the business key, as VALUE or COLUMN=VALUE")
+    column, sep, value = text.partition("=")
+    if sep and _COLUMN_RE.fullmatch(column):
+        if key_column is not None and column != key_column:
+            raise InvalidInputError(
+                f"key: endpoint {endpoint!r} is keyed by the column {key_column!r}, not {column!r}"
+            )
+        if not value:
+            raise InvalidInputError(f"key: {column}= gives no value")
+        return value
+    if key_column is None:
+        raise InvalidInputError(
+            f"key: endpoint {endpoint!r} has no key column (deploy --key-column), so name it: COLUMN=VALUE"
+        )
+    return text
+
+
+def _has_data(session: Session, endpoint: str) -> bool:
+    for column in (_PREDICTIONS.c.endpoint, _UNMATCHED.c.endpoint, _FEEDBACK.c.endpoint):
+        if session.execute(select(column).where(column == endpoint).limit(1)).first() is not None:
+            return True
+    return False
+
+
+def erase_predictions(ctx: Context, endpoint: str, key: str, *, reason: str | None = None) -> Erasure:
+    """Delete everything logged under business ``key`` on ``endpoint``; keep a tombstone for the rest.
+
+    ``key`` is ``VALUE`` when the endpoint has a key column, or ``COLUMN=VALUE``. Deleted in one
+    transaction: the predictions with that key (in clear or hashed), their shadow answers, their
+    labels, and the kept labels given by that key or for those predictions. The audit record
+    (:data:`ERASE_ACTION`) holds the counts and the keyed hash of the key, never the key; it is
+    also the tombstone: records of that key made up to now and still in a prediction log segment
+    (not shipped yet, on any host) are dropped by the shipper instead of being stored. Lines this
+    host's shipper set aside in ``rejected/`` are removed from their files, and archived rows
+    from their Parquet partitions.
+    """
+    with ctx.store.read() as session:
+        policy = endpoint_policy(session, endpoint)
+        if policy is None and not _has_data(session, endpoint):
+            raise NotFoundError(f"endpoint {endpoint!r} does not exist and has no logged predictions")
+    value = _key_value(endpoint, key, None if policy is None else policy.key_column or policy.sticky_key)
+    if reason and value in reason:
+        raise InvalidInputError("reason: it contains the key itself, which the audit log must never hold")
+    digest = hash_key(redaction_secret(ctx.settings), value)
+    candidates = sorted({value, digest})
+    set_aside = _scrub_set_aside(Path(ctx.settings.home).resolve() / "predictions", endpoint, candidates)
+    with ctx.store.write() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(select(func.pg_advisory_xact_lock(_PG_ERASURE_LOCK)))
+        ids = list(
+            session.scalars(
+                select(_PREDICTIONS.c.id).where(
+                    _PREDICTIONS.c.endpoint == endpoint, _PREDICTIONS.c.key.in_(candidates)
+                )
+            )
+        )
+        counts = _delete_predictions(session, endpoint, ids)
+        counts["feedback"] += _count_deleted(
+            session,
+            delete(_FEEDBACK).where(_FEEDBACK.c.endpoint == endpoint, _FEEDBACK.c.key.in_(candidates)),
+        )
+        counts["feedback_unmatched"] += _count_deleted(
+            session,
+            delete(_UNMATCHED).where(_UNMATCHED.c.endpoint == endpoint, _UNMATCHED.c.key.in_(candidates)),
+        )
+        after: dict[str, Any] = {"key_hash": digest, **counts, "set_aside": set_aside}
+        audit.record(
+            session, actor=ctx.actor, action=ERASE_ACTION, target=endpoint, after=after, reason=reason
+        )
+        session.flush()
+        at = session.scalars(
+            select(AuditRecord.at)
+            .where(AuditRecord.action == ERASE_ACTION, AuditRecord.target == endpoint)
+            .order_by(AuditRecord.id.desc())
+            .limit(1)
+        ).one()
+    # The archive holds older predictions of the same key: erased too, partition by partition.
+    from passerelle import archive
+
+    archived = archive.erase_key(ctx, endpoint, value, reason=reason)
+    return Erasure(
+        endpoint=endpoint, key_hash=digest, at=at, set_aside=set_aside, archived=archived, **counts
+    )
+
+
+def _scrub_set_aside(directory: Path, endpoint: str, keys: Sequence[str]) -> int:
+    """Remove the set-aside lines of ``endpoint`` under one of ``keys`` (and their shadows); the count.
+
+    A line too damaged to read is removed when one of the keys appears in its text.
+    """
+    folder = directory / "rejected"
+    if not folder.is_dir():
+        return 0
+    wanted = set(keys)
+    removed = 0
+    for path in sorted(folder.glob("*.jsonl")):
+        worker = path.stem.rpartition("-")[0]
+        if not _WORKER_RE.fullmatch(worker):
+            continue
+        (directory / "locks").mkdir(exist_ok=True)
+        lock = _shipper_lock(directory, worker)
+        try:
+            # The shipper of that worker appends here under this lock.
+            lock.acquire(timeout=60)
+        except Timeout:
+            raise StoreError(f"{path} stays locked by a shipper; erase again in a moment") from None
+        try:
+            lines = path.read_bytes().splitlines()
+            erased: set[str] = set()
+            verdicts: list[bool] = []
+            for line in lines:
+                record = _set_aside_record(line)
+                if record is None:
+                    verdicts.append(any(k.encode() in line for k in wanted))
+                    continue
+                hit = (
+                    record.get("t") == "p"
+                    and record.get("endpoint") == endpoint
+                    and record.get("key") in wanted
+                )
+                if hit:
+                    erased.add(str(record.get("id")))
+                verdicts.append(hit)
+            for i, line in enumerate(lines):
+                record = _set_aside_record(line)
+                if record is not None and record.get("t") == "s" and record.get("prediction_id") in erased:
+                    verdicts[i] = True
+            if not any(verdicts):
+                continue
+            kept = [line + b"\n" for line, gone in zip(lines, verdicts, strict=True) if not gone]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(b"".join(kept))
+            os.replace(tmp, path)
+            removed += sum(verdicts)
+        finally:
+            lock.release()
+    return removed
+
+
+def _set_aside_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        outer = orjson.loads(line)
+        inner = orjson.loads(outer["line"]) if isinstance(outer, dict) else None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return inner if isinstance(inner, dict) else None
+
+
+# ------------------------------------------------------------------------------------------ retention
+
+
+def retention_limits(policy: Policy | None, settings: Settings) -> tuple[int | None, int | None]:
+    """(days, rows) in force for an endpoint: its own, else the server's; None where unlimited."""
+    days, rows = settings.prediction_retention_days, settings.prediction_retention_rows
+    if policy is not None:
+        if policy.retention.max_age_days is not None:
+            days = policy.retention.max_age_days
+        if policy.retention.max_rows is not None:
+            rows = policy.retention.max_rows
+    return days or None, rows or None
+
+
+def _retention_plan(ctx: Context) -> dict[str, tuple[int | None, int | None]]:
+    settings = ctx.settings
+    plan: dict[str, tuple[int | None, int | None]] = {}
+    with ctx.store.read() as session:
+        names = list(session.scalars(select(Endpoint.name).order_by(Endpoint.name)))
+        if settings.prediction_retention_days or settings.prediction_retention_rows:
+            # Names batch scoring logged under without an endpoint follow the server's default;
+            # found by skipping from one name to the next along the (endpoint, at) index.
+            last: str | None = None
+            while True:
+                query = select(func.min(_PREDICTIONS.c.endpoint))
+                if last is not None:
+                    query = query.where(_PREDICTIONS.c.endpoint > last)
+                last = session.scalar(query)
+                if last is None:
+                    break
+                if last not in names:
+                    names.append(last)
+        for name in sorted(names):
+            days, rows = retention_limits(endpoint_policy(session, name), settings)
+            if days is not None or rows is not None:
+                plan[name] = (days, rows)
+    return plan
+
+
+def _expired(
+    cutoff: dt.datetime | None, boundary: tuple[dt.datetime, str] | None
+) -> ColumnElement[bool] | None:
+    clauses: list[ColumnElement[bool]] = []
+    if cutoff is not None:
+        clauses.append(_PREDICTIONS.c.at < cutoff)
+    if boundary is not None:
+        at, pid = boundary
+        clauses.append(or_(_PREDICTIONS.c.at < at, and_(_PREDICTIONS.c.at == at, _PREDICTIONS.c.id <= pid)))
+    return or_(*clauses) if clauses else None
+
+
+def _row_boundary(session: Session, endpoint: str, rows: int) -> tuple[dt.datetime, str] | None:
+    """(at, id) of the newest prediction beyond the ``rows`` newest ones; None when there is none."""
+    found = session.execute(
+        select(_PREDICTIONS.c.at, _PREDICTIONS.c.id)
+        .where(_PREDICTIONS.c.endpoint == endpoint)
+        .order_by(_PREDICTIONS.c.at.desc(), _PREDICTIONS.c.id.desc())
+        .offset(rows)
+        .limit(1)
+    ).first()
+    return None if found is None else (found.at, found.id)
+
+
+def apply_retention(
+    ctx: Context,
+    *,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    batch_rows: int = RETENTION_BATCH,
+) -> dict[str, int]:
+    """Delete the predictions each endpoint's retention no longer covers; predictions deleted per endpoint.
+
+    Limits come from each endpoint's policy, else the settings' ``prediction_retention_days`` and
+    ``prediction_retention_rows`` (also for names batch scoring logged under). With an age limit,
+    kept labels received before the cutoff go too. Shadow answers and labels go with their
+    predictions, ``batch_rows`` predictions per transaction, so that a large backlog never holds a
+    long transaction; each endpoint gets one audit record per sweep, with the counts only. With
+    ``dry_run`` nothing is deleted and the counts are what would be. Endpoints under a limit
+    appear in the result, with 0 when nothing had to go.
+    """
+    if batch_rows < 1:
+        raise InvalidInputError(f"batch_rows must be at least 1, got {batch_rows}")
+    now = now or dt.datetime.now(dt.UTC)
+    deleted: dict[str, int] = {}
+    for endpoint, (days, rows) in _retention_plan(ctx).items():
+        cutoff = now - dt.timedelta(days=days) if days is not None else None
+        with ctx.store.read() as session:
+            boundary = _row_boundary(session, endpoint, rows) if rows is not None else None
+            expired = _expired(cutoff, boundary)
+            if dry_run:
+                query = (
+                    select(func.count()).select_from(_PREDICTIONS).where(_PREDICTIONS.c.endpoint == endpoint)
+                )
+                deleted[endpoint] = 0 if expired is None else int(session.scalar(query.where(expired)) or 0)
+                continue
+        deleted[endpoint] = _sweep(ctx, endpoint, expired, cutoff, (days, rows), batch_rows)
+    return deleted
+
+
+def _sweep(
+    ctx: Context,
+    endpoint: str,
+    expired: ColumnElement[bool] | None,
+    cutoff: dt.datetime | None,
+    limits: tuple[int | None, int | None],
+    batch_rows: int,
+) -> int:
+    totals = {"predictions": 0, "shadows": 0, "feedback": 0, "feedback_unmatched": 0}
+    while True:
+        with ctx.store.write() as session:
+            done = True
+            if expired is not None:
+                ids = list(
+                    session.scalars(
+                        select(_PREDICTIONS.c.id)
+                        .where(_PREDICTIONS.c.endpoint == endpoint, expired)
+                        .order_by(_PREDICTIONS.c.at, _PREDICTIONS.c.id)
+                        .limit(batch_rows)
+                    )
+                )
+                for name, n in _delete_predictions(session, endpoint, ids).items():
+                    totals[name] += n
+                done = len(ids) < batch_rows
+            if cutoff is not None:
+                stale = list(
+                    session.scalars(
+                        select(_UNMATCHED.c.id)
+                        .where(_UNMATCHED.c.endpoint == endpoint, _UNMATCHED.c.received_at < cutoff)
+                        .limit(batch_rows)
+                    )
+                )
+                if stale:
+                    totals["feedback_unmatched"] += _count_deleted(
+                        session, delete(_UNMATCHED).where(_UNMATCHED.c.id.in_(stale))
+                    )
+                done = done and len(stale) < batch_rows
+            # The one audit record of the sweep goes with its last transaction; should the sweep
+            # stop before, the next one deletes (and records) the rest.
+            if done and any(totals.values()):
+                days, rows = limits
+                audit.record(
+                    session,
+                    actor=ctx.actor,
+                    action=RETENTION_ACTION,
+                    target=endpoint,
+                    after={**totals, "max_age_days": days, "max_rows": rows},
+                    reason="retention of the prediction log",
+                )
+        if done:
+            return totals["predictions"]
+
+
+def retention_tick(ctx: Context, *, holder: str | None = None) -> dict[str, int] | None:
+    """A retention sweep when one is due; None when it is not (or another worker took it).
+
+    Meant for a periodic scheduler: call it every tick from every worker of every replica. A
+    sweep runs at most once per ``prediction_retention_interval_seconds`` across all of them
+    (0 disables it). Errors propagate: the caller logs them and tries again at a later tick.
+    """
+    interval = ctx.settings.prediction_retention_interval_seconds
+    if interval <= 0:
+        return None
+    from passerelle.serving.leases import acquire
+
+    # A holder nobody renews: the lease, once taken, turns every caller away (this one too)
+    # until it expires, which spaces the sweeps by the interval.
+    token = f"{holder or socket.gethostname()}:{uuid.uuid4().hex[:12]}"
+    if not acquire(ctx.store, _RETENTION_LEASE, token, ttl_s=interval):
+        return None
+    return apply_retention(ctx)
