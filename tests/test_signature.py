@@ -772,3 +772,84 @@ def test_a_bad_value_is_reported_at_its_row_and_column(data: st.DataObject, fram
     assert result.problems[0].reason == expected
     assert np.flatnonzero(~result.valid).tolist() == [row]
     assert result.rejected_rows == 1
+
+
+#: any value a JSON request or a loose frame may hold in a cell, typed or not
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=6),
+    NAIVE,
+    st.builds(lambda d, tz: d.replace(tzinfo=tz), NAIVE, OFFSETS),
+    st.sampled_from([float("nan"), pd.NaT, np.int64(7), np.float32(1.5), b"raw", "2024-02-30", "1e3"]),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(0, 3), max_size=2),
+)
+
+
+@st.composite
+def any_frames(draw: st.DrawFn) -> tuple[Signature, pd.DataFrame]:
+    """A signature, and a frame built without regard to it: some of its columns, others, any values."""
+    sig = draw(signatures())
+    rows = draw(st.integers(0, 8))
+    present = draw(st.lists(st.sampled_from(sig.names), unique=True)) if sig.names else []
+    extra = draw(st.lists(names.filter(lambda n: n not in sig.names), unique=True, max_size=2))
+    data: dict[str, Any] = {}
+    for name in [*present, *extra]:
+        if draw(st.booleans()):
+            kind = draw(st.sampled_from(KINDS))
+            values = draw(st.lists(st.one_of(st.none(), values_of(kind)), min_size=rows, max_size=rows))
+            data[name] = build_column(kind, values)
+        else:
+            values = draw(st.lists(ANY_VALUE, min_size=rows, max_size=rows))
+            # As pandas builds it from JSON records (its own inference), or left as Python objects.
+            data[name] = pd.Series(values, dtype=object if draw(st.booleans()) else None)
+    return sig, pd.DataFrame(data, index=range(rows))
+
+
+@PROPERTY
+@given(any_frames())
+def test_any_frame_validates_or_is_refused_by_row_and_column(case: tuple[Signature, pd.DataFrame]) -> None:
+    """Never another exception: problems name a signature column and a row (or every row), and
+    the refusal is one SchemaError (an InvalidInputError). Conforming the rows that passed gives
+    the signature's columns, or a SchemaError naming the column: a nullable column whose passing
+    rows are all null but typed otherwise (a datetime64 column of NaT for a boolean) is refused."""
+    sig, frame = case
+    result = sig.validate(frame)
+    assert result.valid.shape == (len(frame),)
+    for problem in result.problems:
+        assert problem.column in sig.names, problem
+        assert problem.row is None or 0 <= problem.row < len(frame), problem
+        assert problem.reason
+        if problem.row is not None:
+            assert not result.valid[problem.row]
+    missing = [n for n in sig.names if n not in frame.columns]
+    assert {p.column for p in result.problems if p.row is None} == set(missing)
+    if result.ok:
+        result.raise_for_problems()
+    else:
+        with pytest.raises(InvalidInputError) as refused:
+            result.raise_for_problems()
+        assert isinstance(refused.value, SchemaError)
+        assert refused.value.problems
+        assert str(refused.value).startswith(f"{result.rejected_rows} of {len(frame)} rows")
+    if missing:
+        return
+    out, error = _conformed(sig, frame[result.valid])
+    if error is not None:
+        assert [p["column"] for p in error.problems] == [error.problems[0]["column"]]
+        assert error.problems[0]["column"] in sig.names
+        return
+    assert list(out.columns) == sig.names
+    assert len(out) == int(result.valid.sum())
+    again = sig.validate(out)
+    assert again.ok, again.problems
+
+
+def _conformed(sig: Signature, frame: pd.DataFrame) -> tuple[pd.DataFrame, SchemaError | None]:
+    try:
+        return sig.conform(frame), None
+    except SchemaError as exc:
+        return frame, exc

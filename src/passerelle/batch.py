@@ -15,6 +15,7 @@ so that a model used only in batch is monitored like one behind an endpoint.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -48,6 +49,7 @@ from passerelle.artifacts import storage_options_from_settings
 from passerelle.context import Context
 from passerelle.errors import InvalidInputError, NotFoundError, PasserelleError, SchemaError
 from passerelle.flavors import Predictor
+from passerelle.predictionlog import endpoint_redaction, redaction_secret, without_erased
 from passerelle.registry import LoadedModel, Registry
 from passerelle.settings import Settings
 from passerelle.signature import Signature, Validation, json_scalar
@@ -670,6 +672,11 @@ class PredictionLogger:
         self.version = version
         self.run_id = run_id
         self.rows = 0
+        # Logged under an endpoint's name, rows follow what that endpoint redacts; keys read from
+        # a redacted column are hashed like the endpoint's own.
+        self.redaction = endpoint_redaction(ctx, spec.endpoint)
+        if self.redaction is not None and spec.key_column in self.redaction.columns:
+            self.redaction = dataclasses.replace(self.redaction, hash_keys=True)
 
     def write(
         self,
@@ -698,6 +705,11 @@ class PredictionLogger:
         count = len(inputs)
         if not count:
             return
+        redacted = self.redaction
+        if redacted is not None:
+            inputs = [redacted.inputs(row) for row in inputs]
+            if keys is not None and redacted.hash_keys:
+                keys = [None if k is None else redacted.key(str(k)) for k in keys]
         at = dt.datetime.now(dt.UTC)
         latencies = latency_ms if isinstance(latency_ms, list) else [latency_ms] * count
         rows = [
@@ -722,9 +734,11 @@ class PredictionLogger:
             for i in range(count)
         ]
         with self.ctx.store.write() as session:
-            for start in range(0, count, _LOG_INSERT_ROWS):
+            # An erasure of a key made while this chunk was scored must not be undone by it.
+            rows, _ = without_erased(session, rows, [], lambda: redaction_secret(self.ctx.settings))
+            for start in range(0, len(rows), _LOG_INSERT_ROWS):
                 session.execute(insert(_PREDICTIONS), rows[start : start + _LOG_INSERT_ROWS])
-        self.rows += count
+        self.rows += len(rows)
 
 
 # ---------------------------------------------------------------------------------------

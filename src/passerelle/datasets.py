@@ -7,13 +7,16 @@ again returns the existing version instead of duplicating it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import pandas as pd
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
@@ -22,7 +25,7 @@ from sqlalchemy.orm import Session
 from passerelle import audit
 from passerelle.artifacts import storage_options_from_settings
 from passerelle.context import Context
-from passerelle.errors import ConflictError, InvalidInputError, NotFoundError
+from passerelle.errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from passerelle.profile import fingerprint_file, profile_frame
 from passerelle.references import check_name, parse_dataset_ref
 from passerelle.signature import infer_signature
@@ -103,21 +106,7 @@ class Datasets:
         check_name(name, "dataset name")
         uri = str(source)
         fmt = table_format(uri)
-        tmpdir: Path | None = None
-        try:
-            if "://" in uri and not uri.startswith("file://"):
-                tmpdir = Path(tempfile.mkdtemp(prefix="passerelle-dataset-"))
-                local = tmpdir / Path(uri.split("?")[0]).name
-                try:
-                    fs, path = fsspec.core.url_to_fs(uri, **storage_options_from_settings(self.ctx.settings))
-                    fs.get_file(path, str(local))
-                except (OSError, ValueError, ImportError) as exc:
-                    raise InvalidInputError(f"cannot read {uri}: {exc}") from exc
-            else:
-                local = Path(uri.removeprefix("file://")).resolve()
-                if not local.is_file():
-                    raise InvalidInputError(f"cannot read {uri}: no such file")
-                uri = str(local)
+        with self._local_copy(uri) as (local, uri):
             fingerprint = fingerprint_file(local)
             existing = self._find(name, fingerprint)
             if existing is not None:
@@ -126,9 +115,6 @@ class Datasets:
             schema = infer_signature(frame).to_dict()
             profile = profile_frame(frame)
             rows = len(frame)
-        finally:
-            if tmpdir is not None:
-                shutil.rmtree(tmpdir, ignore_errors=True)
         for _ in range(_RETRIES):
             try:
                 with self.ctx.store.write() as session:
@@ -141,6 +127,37 @@ class Datasets:
                 if existing is not None:
                     return existing
         raise ConflictError(f"could not register a version of dataset {name!r}")
+
+    @contextlib.contextmanager
+    def _local_copy(self, uri: str) -> Iterator[tuple[Path, str]]:
+        """A local path for ``uri`` (downloaded to a temporary folder when remote) and its canonical URI."""
+        if "://" in uri and not uri.startswith("file://"):
+            tmpdir = Path(tempfile.mkdtemp(prefix="passerelle-dataset-"))
+            try:
+                local = tmpdir / Path(uri.split("?")[0]).name
+                try:
+                    fs, path = fsspec.core.url_to_fs(uri, **storage_options_from_settings(self.ctx.settings))
+                    fs.get_file(path, str(local))
+                except (OSError, ValueError, ImportError) as exc:
+                    raise InvalidInputError(f"cannot read {uri}: {exc}") from exc
+                yield local, uri
+            finally:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+            return
+        local = Path(uri.removeprefix("file://")).resolve()
+        if not local.is_file():
+            raise InvalidInputError(f"cannot read {uri}: no such file")
+        yield local, str(local)
+
+    def load(self, ref: str) -> pd.DataFrame:
+        """The rows of a dataset version, refused when the file changed since it was registered."""
+        info = self.get(ref)
+        with self._local_copy(info.uri) as (local, _):
+            if fingerprint_file(local) != info.fingerprint:
+                raise IntegrityError(
+                    f"dataset {info.ref}: {info.uri} changed since it was registered (fingerprint differs)"
+                )
+            return read_table(local)
 
     def _find(self, name: str, fingerprint: str) -> DatasetVersionInfo | None:
         with self.ctx.store.read() as session:

@@ -12,12 +12,13 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
 from passerelle import audit
+from passerelle._failpoints import failpoint
 from passerelle.context import Context
 from passerelle.errors import ConflictError, InvalidInputError, NotFoundError
 from passerelle.policy import (
@@ -93,6 +94,14 @@ class DeploySpec(BaseModel):
     max_batch_rows: int | None = None
     max_wait_ms: float | None = None
     key_column: str | None = None
+    #: attach the default monitor and alert rules when the endpoint is created
+    monitor: bool = True
+    #: input columns never logged; None keeps the endpoint's current list (none for a new one)
+    redact: list[str] | None = None
+    #: age limit of logged predictions in days (0: none); None keeps the current setting
+    retention_days: int | None = Field(None, ge=0)
+    #: logged predictions kept per endpoint, newest first (0: all); None keeps the current setting
+    retention_rows: int | None = Field(None, ge=0)
 
 
 class Endpoints:
@@ -226,8 +235,18 @@ class Endpoints:
                 ]
             existing = session.scalar(select(Endpoint).where(Endpoint.name == name).with_for_update())
             batching: dict[str, Any] = {}
+            current: dict[str, Any] = {}
             if existing is not None:
-                batching = self._current(session, existing).policy.get("batching", {})
+                current = self._current(session, existing).policy
+                batching = current.get("batching", {})
+            # Data protection outlives a redeploy that does not mention it: forgetting --redact
+            # when changing versions must not start logging what was redacted.
+            redact = spec.redact if spec.redact is not None else current.get("redact", [])
+            retention: dict[str, Any] = dict(current.get("retention") or {})
+            if spec.retention_days is not None:
+                retention["max_age_days"] = spec.retention_days
+            if spec.retention_rows is not None:
+                retention["max_rows"] = spec.retention_rows
             if spec.max_batch_rows is not None:
                 batching["max_batch_rows"] = spec.max_batch_rows
             if spec.max_wait_ms is not None:
@@ -239,8 +258,22 @@ class Endpoints:
                 canary=canary,
                 batching=batching,
                 key_column=spec.key_column,
+                redact=redact,
+                retention=retention,
             )
-            return self._append(session, name, policy, "deploy" if existing is None else "update", reason)
+            revision = self._append(session, name, policy, "deploy" if existing is None else "update", reason)
+            if existing is None and spec.monitor:
+                self._attach_monitor(session, name)
+            return revision
+
+    def _attach_monitor(self, session: Session, name: str) -> None:
+        """One command to a monitored endpoint: a default monitor and default alert rules."""
+        from passerelle import alerts, monitor
+
+        actor = self.ctx.actor
+        why = "default monitor of a new endpoint (deploy --no-monitor leaves it out)"
+        monitor.set_monitor_in(session, name, monitor.MonitorSpec(), actor, reason=why)
+        alerts.set_rules_in(session, name, alerts.DEFAULT_RULES, actor, reason=why)
 
     def set_weights(
         self, name: str, routes: list[tuple[str, int]], *, reason: str | None = None
@@ -296,6 +329,9 @@ class Endpoints:
             if old is None:
                 raise NotFoundError(f"endpoint {name!r} has no revision {number}")
             policy = Policy.model_validate(old.policy)
+            # A rollback is about traffic: what the endpoint redacts and keeps stays as it is now.
+            now_in_force = Policy.model_validate(self._current(session, endpoint).policy)
+            policy.redact, policy.retention = now_in_force.redact, now_in_force.retention
             if policy.canary is not None:
                 # Re-applying a canary restarts its clock rather than judging stale figures.
                 policy.canary.step_started_at = dt.datetime.now(dt.UTC)
@@ -361,6 +397,7 @@ class Endpoints:
             after={"revision": number, **policy.model_dump(mode="json")},
             reason=reason,
         )
+        failpoint("endpoints.before_commit")
         return _revision_info(endpoint, rev)
 
     # -- canary --------------------------------------------------------------------------

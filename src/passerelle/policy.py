@@ -83,6 +83,15 @@ class BatchingSpec(BaseModel):
     max_queue_rows: int = Field(4096, ge=1)
 
 
+class RetentionSpec(BaseModel):
+    """How long an endpoint's logged predictions are kept; None follows the server's default."""
+
+    #: predictions older than this many days are deleted; 0 keeps them whatever their age
+    max_age_days: int | None = Field(None, ge=0)
+    #: only the newest this many predictions are kept; 0 keeps them all
+    max_rows: int | None = Field(None, ge=0)
+
+
 class Policy(BaseModel):
     routes: list[RouteSpec]
     sticky_key: str | None = None
@@ -91,6 +100,18 @@ class Policy(BaseModel):
     batching: BatchingSpec = BatchingSpec()
     #: column whose value identifies the business entity (feedback by key, erasure)
     key_column: str | None = None
+    #: input columns never written to the prediction log; a redacted key column is logged hashed
+    redact: list[str] = Field(default_factory=list)
+    retention: RetentionSpec = RetentionSpec()
+
+    @field_validator("redact")
+    @classmethod
+    def _column_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name or not name.strip() or len(name) > 200:
+                raise ValueError(f"{name!r} is not a column name (1 to 200 characters)")
+        # Naming a column twice is harmless: keep the first mention.
+        return list(dict.fromkeys(names))
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -157,9 +178,16 @@ def parse_weighted(text: str, what: str) -> tuple[str, float | None]:
     ref = match.group("ref")
     parse_ref(ref)
     num = match.group("num")
-    return ref, float(num) if num is not None else None
+    if num is None:
+        return ref, None
+    weight = float(num)
+    if weight > 100:
+        raise InvalidInputError(f"--{what} {text!r}: a percentage is at most 100")
+    return ref, weight
 
 
+#: 100 years
+MAX_DURATION_S = 100 * 366 * 86400.0
 _DURATION = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)?$")
 _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -172,6 +200,9 @@ def parse_duration(text: str, what: str = "duration") -> float:
     value = float(match.group("n")) * _SECONDS[match.group("unit")]
     if value <= 0:
         raise InvalidInputError(f"{what} {text!r} must be positive")
+    if value > MAX_DURATION_S:
+        # Beyond this, adding it to a date overflows; no schedule or expiry needs that long.
+        raise InvalidInputError(f"{what} {text!r} is longer than 100 years")
     return value
 
 

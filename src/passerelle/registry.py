@@ -584,6 +584,32 @@ class Registry:
             session.flush()
             return _version_info(version)
 
+    def add_metrics(self, ref: str, metrics: dict[str, Any], *, reason: str | None = None) -> VersionInfo:
+        """Record metrics measured after registration (an evaluation); recorded ones never change."""
+        added = _json_safe(metrics, "metrics")
+        with self.ctx.store.write() as session:
+            version = self._resolve(session, ref)
+            target = f"{version.model.name}:{version.number}"
+            before = dict(version.metrics)
+            clashing = sorted(k for k in added if k in before and before[k] != added[k])
+            if clashing:
+                raise ConflictError(
+                    f"{target} already has metric {clashing[0]!r} = {before[clashing[0]]!r}; "
+                    "recorded metrics do not change"
+                )
+            version.metrics = {**before, **added}
+            audit.record(
+                session,
+                actor=self.ctx.actor,
+                action="version.metrics",
+                target=target,
+                before=before,
+                after=dict(version.metrics),
+                reason=reason,
+            )
+            session.flush()
+            return _version_info(version)
+
     def set_archived(self, ref: str, archived: bool, *, reason: str | None = None) -> VersionInfo:
         with self.ctx.store.write() as session:
             version = self._resolve(session, ref)

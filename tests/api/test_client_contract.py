@@ -8,7 +8,11 @@ asserted, so an error says the same thing whichever way the store is reached.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,17 +21,30 @@ import skops.io
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from passerelle.client import Client
+from passerelle.alerts import RuleSpec
+from passerelle.api.app import create_app
+from passerelle.api.endpoints import router as endpoints_router
+from passerelle.client import Client, LocalClient
+from passerelle.context import Context
 from passerelle.errors import (
     ConflictError,
     InvalidInputError,
     InvalidReferenceError,
     NotFoundError,
+    PasserelleError,
     SchemaError,
     TrustRequiredError,
     UnknownFlavorError,
 )
+from passerelle.feedback import FeedbackItem, FeedbackResult, UnknownFeedback
+from passerelle.monitor import RunSummary, floor_time, parse_spec
+from passerelle.pipelines import Evaluation, Pipeline, Scheduler, TrainStep
+from passerelle.remote import RemoteClient
+from passerelle.settings import Settings
+from tests.api.conftest import serve, settings_for
 from tests.api.models import Shift
+from tests.conftest import free_port
+from tests.feedback.conftest import ENDPOINT, T0, binary, deploy, new_id, ship
 from tests.helpers import small_frame, small_model
 
 
@@ -373,3 +390,506 @@ def test_trust_is_required_for_foreign_code(any_kind_client: Client) -> None:
     assert info.trusted
     assert info.untrusted == ["tests.api.models.Shift"]
     np.testing.assert_array_equal(any_kind_client.load("custom:1").predict(frame), model.predict(frame))
+
+
+# -- feedback: its routes are served with the endpoints' (`passerelle serve`) -------------------
+
+
+@pytest.fixture(params=["local", "remote"])
+def labelling(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Client, Context]]:
+    """Each kind of client, and the store behind it, where churn-api's predictions are logged."""
+    settings = settings_for(tmp_path / "server")
+    local = LocalClient(settings)
+    with local:
+        deploy(local.ctx, ENDPOINT, [("churn", 1, 100)])
+        if request.param == "local":
+            yield local, local.ctx
+            return
+        with (
+            serve(create_app(settings, routers=[endpoints_router])) as url,
+            RemoteClient(Settings(home=tmp_path / "client", url=url)) as remote,
+        ):
+            yield remote, local.ctx
+
+
+def test_feedback_joins_by_id_and_by_key_and_keeps_unknown_labels(labelling: tuple[Client, Context]) -> None:
+    client, ctx = labelling
+    ids = ship(
+        ctx,
+        [
+            binary(0.8, at=T0),
+            binary(0.3, at=T0, key="C-1"),
+            binary(0.9, at=T0 + dt.timedelta(hours=3), key="C-1"),
+        ],
+    )
+    ghost = new_id()
+
+    result = client.record_feedback(
+        ENDPOINT,
+        [
+            FeedbackItem(label=1, prediction_id=ids[0]),
+            {"key": "C-1", "label": np.int64(0), "time": T0 + dt.timedelta(hours=1)},
+            {"prediction_id": ghost, "label": 1},
+        ],
+        reason="weekly labels",
+    )
+
+    assert result == FeedbackResult(
+        2, 0, [UnknownFeedback(2, ghost, None, "no prediction with this id (yet)")]
+    )
+    assert client.record_feedback(ENDPOINT, [{"id": ids[1], "label": 1}]) == FeedbackResult(1, 1)
+    assert client.record_feedback(ENDPOINT, []) == FeedbackResult(0, 0)
+    calls = client.audit(action="feedback.record")
+    assert [(e.actor, e.reason, (e.after or {})["matched"]) for e in calls] == [
+        ("tester", "", 0),
+        ("tester", "", 1),
+        ("tester", "weekly labels", 2),
+    ]
+    [relabel] = client.audit(action="feedback.relabel")
+    assert (relabel.target, relabel.before, relabel.after) == (
+        f"{ENDPOINT}:{ids[1]}",
+        {**(relabel.before or {}), "label": 0},
+        {**(relabel.after or {}), "label": 1},
+    )
+
+
+def test_feedback_refuses_bad_rows_in_the_same_words(labelling: tuple[Client, Context]) -> None:
+    client, ctx = labelling
+    ids = ship(ctx, [binary(0.8, at=T0), binary(0.3, at=T0)])
+    wrong = "label 'yes' (str) does not fit churn:1, which predicts integer classes"
+
+    with pytest.raises(SchemaError) as caught:
+        client.record_feedback(
+            ENDPOINT, [{"prediction_id": ids[0], "label": 1}, {"prediction_id": ids[1], "label": "yes"}]
+        )
+    assert str(caught.value) == f"1 feedback row refused: row 1: {wrong}"
+    assert caught.value.problems == [{"row": 1, "column": "label", "reason": wrong}]
+
+    kept = client.record_feedback(
+        ENDPOINT,
+        [{"prediction_id": ids[0], "label": 1}, {"prediction_id": ids[1], "label": "yes"}],
+        on_invalid="reject",
+    )
+    assert kept == FeedbackResult(1, 0, [], [(1, wrong)])
+
+    malformed: list[Any] = [
+        {"label": 1},
+        {"prediction_id": ids[0], "key": "C-1", "label": 1},
+        {"prediction_id": ids[0], "label": float("nan")},
+        {"prediction_id": ids[0], "label": 1, "time": dt.datetime(2026, 3, 4, 10, 0)},
+        {"prediction_id": ids[0], "label": 1, "time": "0001-01-01T00:00:00+05:00"},
+        7,
+    ]
+    with pytest.raises(SchemaError) as caught:
+        client.record_feedback(ENDPOINT, malformed)
+    assert str(caught.value) == (
+        "6 feedback rows refused: row 0: give either prediction_id or key; "
+        "row 1: give either prediction_id or key; row 2: label is missing; "
+        "row 3: time 2026-03-04T10:00:00 has no time zone; give one, such as +00:00; "
+        "row 4: time 0001-01-01T00:00:00+05:00 is out of range; and 1 more"
+    )
+    assert caught.value.problems[5]["reason"] == "expected an object with prediction_id or key, and label"
+    with pytest.raises(SchemaError) as caught:
+        client.record_feedback(ENDPOINT, [{"prediction_id": ids[0], "label": pd.NA, "time": pd.NaT}])
+    assert str(caught.value) == "1 feedback row refused: row 0: label is missing"
+    with pytest.raises(InvalidInputError) as caught_input:
+        client.record_feedback(ENDPOINT, [], on_invalid="maybe")  # type: ignore[arg-type]
+    assert str(caught_input.value) == "on_invalid must be raise or reject, got 'maybe'"
+
+
+def test_feedback_kept_labels_are_listed_and_rejoined(labelling: tuple[Client, Context]) -> None:
+    client, ctx = labelling
+    late = binary(0.8, at=T0)
+    client.record_feedback(ENDPOINT, [{"prediction_id": late.id, "label": 1}])
+
+    [waiting] = client.feedback_unmatched(ENDPOINT)
+    assert (waiting.endpoint, waiting.prediction_id, waiting.key, waiting.label) == (
+        ENDPOINT,
+        late.id,
+        None,
+        1,
+    )
+    assert (waiting.status, waiting.reason, waiting.received_by) == (
+        "waiting",
+        "no prediction with this id (yet)",
+        "tester",
+    )
+    assert waiting.label_at.tzinfo is not None
+    assert client.feedback_unmatched(ENDPOINT, status="waiting", limit=1) == [waiting]
+    assert client.feedback_unmatched(ENDPOINT, status="invalid") == []
+    assert client.rejoin_feedback(ENDPOINT) == 0
+
+    ship(ctx, [late])
+    assert client.rejoin_feedback(ENDPOINT) == 1
+    assert client.feedback_unmatched(ENDPOINT) == []
+
+    for call, error, message in (
+        (lambda: client.feedback_unmatched(ENDPOINT, status="lost"), InvalidInputError,
+         "status must be waiting or invalid, got 'lost'"),
+        (lambda: client.feedback_unmatched(ENDPOINT, limit=0), InvalidInputError,
+         "limit must be from 1 to 100000, got 0"),
+        (lambda: client.feedback_unmatched("ghost"), NotFoundError,
+         "endpoint 'ghost' does not exist and has no logged predictions"),
+        (lambda: client.rejoin_feedback("ghost"), NotFoundError,
+         "endpoint 'ghost' does not exist and has no logged predictions"),
+        (lambda: client.record_feedback("ghost", [{"prediction_id": late.id, "label": 1}]), NotFoundError,
+         "endpoint 'ghost' does not exist and has no logged predictions"),
+    ):  # fmt: skip
+        with pytest.raises(error) as caught:
+            call()
+        assert str(caught.value) == message
+
+
+# -- monitors, alerts and notifiers: their routes are in the management API -------------------------
+
+
+def test_a_monitor_is_set_shown_run_reported_and_removed(labelling: tuple[Client, Context]) -> None:
+    client, _ = labelling
+    assert client.list_monitors() == []
+    now = dt.datetime.now(dt.UTC)
+    # Windows close at the delay past each hour: half an hour from now, so that none closes while
+    # the test runs and the windows each run evaluates are known.
+    delay = int((now - floor_time(now, 3600) + dt.timedelta(minutes=30)).total_seconds()) % 3600
+    start = now - dt.timedelta(hours=3)
+    closed = sum(
+        1 for k in range(1, 5) if floor_time(start, 3600) + dt.timedelta(hours=k, seconds=delay) <= now
+    )
+    spec = parse_spec(window="1h", delay=delay, drift={"drift_share": 0.3}, metric="auc")
+
+    info = client.set_monitor(ENDPOINT, spec, start=start, reason="watch it")
+
+    assert (info.endpoint, info.window_s, info.delay_s, info.reference) == (ENDPOINT, 3600, delay, "training")
+    assert info.config == {"drift": {"drift_share": 0.3}, "metric": "auc", "label_column": None}
+    assert (info.enabled, info.created_by, info.next_window) == (True, "tester", floor_time(start, 3600))
+    assert info.spec == spec
+    assert client.get_monitor(ENDPOINT) == info
+    assert client.list_monitors() == [info]
+    [entry] = client.audit(action="monitor.set")
+    assert (entry.actor, entry.target, entry.reason) == ("tester", ENDPOINT, "watch it")
+
+    # Closed windows without traffic: judged "no_traffic", with no alert to move.
+    [run] = client.run_monitors(ENDPOINT)
+    assert closed in (2, 3)
+    assert (run.endpoint, run.windows, run.transitions, run.skipped) == (ENDPOINT, closed, [], "")
+    assert [(r.ref, r.status, r.rows) for r in run.results] == [("all", "no_traffic", 0)] * closed
+    assert client.run_monitors() == [RunSummary(ENDPOINT, 0, [], [], 0)]
+    results = client.monitor_results(ENDPOINT)
+    assert results == run.results
+    assert [r.window_start for r in results] == [
+        info.next_window + dt.timedelta(hours=h) for h in range(closed)
+    ]
+    assert all("sketch" not in r.details for r in results)
+    assert client.monitor_results(ENDPOINT, since=results[1].window_start, version="all") == results[1:]
+    assert client.monitor_results(ENDPOINT, until=results[0].window_start) == []
+    page = client.monitor_report(ENDPOINT)
+    assert page.startswith("<!DOCTYPE html>")
+    assert ENDPOINT in page
+
+    client.remove_monitor(ENDPOINT, reason="retired")
+    assert client.get_monitor(ENDPOINT).enabled is False
+    assert client.run_monitors(ENDPOINT)[0].skipped == "disabled"
+    assert client.monitor_results(ENDPOINT) == results  # the results stay
+
+    for call, error, message in (
+        (lambda: client.get_monitor("ghost"), NotFoundError, "endpoint 'ghost' has no monitor"),
+        (lambda: client.set_monitor("ghost", spec), NotFoundError, "endpoint 'ghost' does not exist"),
+        (lambda: client.monitor_results("ghost"), NotFoundError, "endpoint 'ghost' has no monitor"),
+        (lambda: client.run_monitors("ghost"), NotFoundError, "endpoint 'ghost' has no monitor"),
+        (lambda: client.monitor_report("ghost"), NotFoundError, "endpoint 'ghost' has no monitor"),
+        (lambda: client.set_monitor(ENDPOINT, parse_spec(window="400d")), InvalidInputError,
+         "window must be at most 366 days, got 34560000 s"),
+        (lambda: client.monitor_results(ENDPOINT, version="churn"), InvalidInputError,
+         "version must be 'all' or like churn:3, got 'churn'"),
+    ):  # fmt: skip
+        with pytest.raises(error) as caught:
+            call()
+        assert str(caught.value) == message
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    with pytest.raises(InvalidInputError, match=r"^start \S+ is in the future$"):
+        client.set_monitor(ENDPOINT, spec, start=later)
+
+
+def test_alert_rules_alerts_and_silences(labelling: tuple[Client, Context]) -> None:
+    client, _ = labelling
+    spec = RuleSpec(
+        "data-drift",
+        "drift.share>0.3",
+        for_windows=2,
+        keep_firing_windows=1,
+        inhibited_by=("schema",),
+        notify=("ops",),
+        labels={"team": "ml"},
+    )
+
+    rule = client.set_alert_rule(ENDPOINT, spec, reason="drift matters")
+
+    assert (rule.endpoint, rule.name, rule.expression, rule.severity) == (
+        ENDPOINT,
+        "data-drift",
+        "drift.share > 0.3",
+        "warning",
+    )
+    assert (rule.for_windows, rule.keep_firing_windows, rule.inhibited_by, rule.notify) == (
+        2,
+        1,
+        ("schema",),
+        ("ops",),
+    )
+    assert (rule.labels, rule.pipeline, rule.enabled) == ({"team": "ml"}, None, True)
+    assert rule.created_by == "tester"
+    assert client.list_alert_rules() == [rule]
+    assert client.list_alert_rules(ENDPOINT) == [rule]
+    assert client.list_alerts() == []
+    assert client.list_alerts(ENDPOINT, state="open", limit=5) == []
+
+    silence = client.silence(ENDPOINT, rule="data-drift", duration=dt.timedelta(hours=2), comment="upgrade")
+    assert (silence.endpoint, silence.rule, silence.comment, silence.active) == (
+        ENDPOINT,
+        "data-drift",
+        "upgrade",
+        True,
+    )
+    assert silence.ends_at - silence.starts_at == dt.timedelta(hours=2)
+    assert client.list_silences(active_only=True) == [silence]
+    expired = client.expire_silence(silence.id, reason="upgrade done")
+    assert (expired.id, expired.active) == (silence.id, False)
+    assert client.list_silences(ENDPOINT, active_only=True) == []
+    assert client.list_silences() == [expired]
+
+    client.remove_alert_rule(ENDPOINT, "data-drift", reason="too noisy")
+    assert client.list_alert_rules(ENDPOINT) == []
+    assert [e.reason for e in client.audit(action="alert.rule.remove")] == ["too noisy"]
+
+    expression_error = (
+        "invalid alert expression 'drift.share >> 1': expected '<figure> <op> <number>' with op one of "
+        "> >= < <= == !=, such as 'drift.share > 0.3'"
+    )
+    for call, error, message in (
+        (lambda: client.set_alert_rule(ENDPOINT, RuleSpec("x", "drift.share >> 1")), InvalidInputError,
+         expression_error),
+        (lambda: client.set_alert_rule("ghost", spec), NotFoundError, "endpoint 'ghost' does not exist"),
+        (lambda: client.remove_alert_rule(ENDPOINT, "data-drift"), NotFoundError,
+         "endpoint 'churn-api' has no alert rule 'data-drift'"),
+        (lambda: client.list_alerts(state="loud"), InvalidInputError,
+         "state must be open or one of pending, firing, resolved, cleared, got 'loud'"),
+        (lambda: client.ack_alert(999), NotFoundError, "alert 999 does not exist"),
+        (lambda: client.ack_alert(2**40), NotFoundError, "alert 1099511627776 does not exist"),
+        (lambda: client.expire_silence(0), NotFoundError, "silence 0 does not exist"),
+        (lambda: client.silence(ENDPOINT, rule="data-drift", duration=dt.timedelta(hours=1)), NotFoundError,
+         "endpoint 'churn-api' has no alert rule 'data-drift'; use rule '*' to silence every rule"),
+        (lambda: client.silence(ENDPOINT, duration=dt.timedelta(0)), InvalidInputError,
+         "the silence duration must be positive, got datetime.timedelta(0)"),
+    ):  # fmt: skip
+        with pytest.raises(error) as caught:
+            call()
+        assert str(caught.value) == message
+    with pytest.raises(ConflictError, match=rf"^silence {silence.id} already ended at \S+$"):
+        client.expire_silence(silence.id)
+
+
+def test_notifiers_are_set_masked_tested_and_removed(any_kind_client: Client) -> None:
+    client = any_kind_client
+    config = {
+        "url": "https://alerts:s3cret@hooks.example.com/passerelle?token=t0ken",
+        "headers": {"Authorization": "Bearer b34rer"},
+    }
+
+    info = client.set_notifier("ops", "webhook", config, reason="on-call")
+
+    assert (info.name, info.kind, info.enabled, info.created_by) == ("ops", "webhook", True, "tester")
+    assert info.config["url"] == "https://alerts:***@hooks.example.com/passerelle?token=***"
+    assert info.config["headers"] == {"Authorization": "***"}
+    assert client.list_notifiers() == [info]
+    for secret in ("s3cret", "t0ken", "b34rer"):
+        assert secret not in repr(client.list_notifiers())
+        assert secret not in repr(client.audit(action="notifier.set"))
+    assert client.notifications() == []
+
+    # Nothing listens on this port: the failure says where and why, through either client.
+    refused = f"http://127.0.0.1:{free_port()}/hook"
+    client.set_notifier("ops", "webhook", {"url": refused}, enabled=False)
+    with pytest.raises(PasserelleError) as caught:
+        client.test_notifier("ops")
+    assert str(caught.value).startswith(f'webhook "ops": {refused} unreachable')
+
+    client.remove_notifier("ops", reason="replaced")
+    assert client.list_notifiers() == []
+    for call, error, message in (
+        (lambda: client.set_notifier("pager", "pager", {}), InvalidInputError,
+         "unknown notifier kind 'pager': expected one of webhook, slack, smtp"),
+        (lambda: client.set_notifier("ops", "webhook", {"url": "ftp://x"}), InvalidInputError,
+         "webhook config 'url' must be an http:// or https:// URL, got 'ftp://x'"),
+        (lambda: client.remove_notifier("ops"), NotFoundError, "notifier 'ops' does not exist"),
+        (lambda: client.test_notifier("ops"), NotFoundError, "notifier 'ops' does not exist"),
+        (lambda: client.notifications(status="lost"), InvalidInputError,
+         "status must be one of pending, sent, failed, got 'lost'"),
+        (lambda: client.notifications(limit=0), InvalidInputError,
+         "limit must be a whole number from 1 to 10,000, got 0"),
+    ):  # fmt: skip
+        with pytest.raises(error) as caught:
+            call()
+        assert str(caught.value) == message
+
+
+# ------------------------------------------------------------------------------ retraining pipelines
+
+#: a stand-in for training: copies a model trained beforehand into the output folder
+COPY_PY = (
+    "import shutil, sys\n"
+    "shutil.copy('prebuilt.skops', sys.argv[1] + '/model.skops')\n"
+    "print('copied the model')\n"
+)
+
+
+@dataclass
+class Retraining:
+    client: Client
+    #: the project: copy.py and prebuilt.skops
+    folder: Path
+    #: while entered, queued runs are executed where the store is (the server's scheduler, remotely)
+    executing: Callable[[], AbstractContextManager[object]]
+
+
+@pytest.fixture(params=["local", "remote"])
+def retraining(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Retraining]:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "copy.py").write_text(COPY_PY)
+    model, _ = small_model()
+    skops.io.dump(model, folder / "prebuilt.skops")
+    settings = settings_for(tmp_path / "server")
+    with LocalClient(settings) as local:
+        if request.param == "local":
+            # A local client executes a run in the process that waits on it.
+            yield Retraining(local, folder, nullcontext)
+            return
+
+        @contextmanager
+        def scheduler() -> Iterator[object]:
+            running = Scheduler(local.ctx, interval_s=0.1, holder="server")
+            running.start()
+            try:
+                yield running
+            finally:
+                running.stop()
+
+        with (
+            serve(create_app(settings)) as url,
+            RemoteClient(Settings(home=tmp_path / "client", url=url)) as remote,
+        ):
+            yield Retraining(remote, folder, scheduler)
+
+
+def _recipe(name: str = "retrain-churn", workdir: Path | None = None, **changes: Any) -> Pipeline:
+    return Pipeline(
+        name=name,
+        model="churn",
+        train=TrainStep(command="python copy.py {output}", workdir=str(workdir) if workdir else None),
+        evaluation=Evaluation(holdout="churn-holdout", label="churned", latency_rows=0, gates=["auc >= 0.6"]),
+        retries=0,
+        **changes,
+    )
+
+
+def test_a_pipeline_is_applied_run_to_its_end_and_its_log_and_lineage_read(
+    retraining: Retraining, tmp_path: Path
+) -> None:
+    client = retraining.client
+    frame, label = small_frame(seed=1)
+    holdout = tmp_path / "holdout.parquet"
+    frame.assign(churned=label).to_parquet(holdout, index=False)
+    client.register_dataset(holdout, "churn-holdout")
+
+    [stored] = client.apply_pipelines(
+        [_recipe(workdir=retraining.folder)], source="contract", reason="first recipe"
+    )
+    assert (stored.name, stored.source) == ("retrain-churn", "contract")
+    assert stored.definition["train"]["workdir"] == str(retraining.folder.resolve())
+    assert [p.name for p in client.list_pipelines()] == ["retrain-churn"]
+    assert client.get_pipeline("retrain-churn").last_run is None
+    assert client.audit(action="pipeline.create")[0].reason == "first recipe"
+
+    queued = client.run_pipeline("retrain-churn", reason="contract")
+    assert (queued.ref, queued.state, queued.trigger) == ("retrain-churn#1", "queued", "manual")
+    seen: list[str] = []
+    with retraining.executing():
+        final = client.wait_run(queued.ref, poll_s=0.1, timeout_s=60, on_run=lambda r: seen.append(r.id))
+    assert (final.id, final.state, final.model_version) == (queued.id, "succeeded", "churn:1"), final.error
+    assert seen == [queued.id]
+    # Remotely the server's scheduler ran it; locally the process that waited.
+    assert (final.holder == "server") is isinstance(client, RemoteClient)
+    assert client.get_run("retrain-churn#1").state == "succeeded"
+    assert [r.id for r in client.list_runs("retrain-churn")] == [queued.id]
+    assert [r.id for r in client.list_runs(state="succeeded", limit=5)] == [queued.id]
+    assert client.list_runs(state="failed") == []
+    last = client.get_pipeline("retrain-churn").last_run
+    assert last is not None
+    assert last.id == queued.id
+    assert client.get_version("churn@challenger").ref == "churn:1"
+
+    text, offset = client.run_logs(queued.ref)
+    assert "copied the model" in text
+    assert "registered churn:1" in text
+    assert offset == len(text.encode())
+    assert client.run_logs(queued.id, offset=offset) == ("", offset)
+    assert client.run_logs(queued.id, offset=offset - 8) == (text[-8:], offset)
+
+    found = client.lineage("churn:1")
+    edges = {(e["from"], e["to"], e["kind"]) for e in found["edges"]}
+    assert (f"run:{queued.id}", found["root"], "registered") in edges
+    assert f"run:{queued.id}" in {n["id"] for n in found["nodes"]}
+
+
+def test_pipeline_refusals_and_cancelling_say_the_same_thing(retraining: Retraining) -> None:
+    client = retraining.client
+    folder = retraining.folder
+    # One bad definition stores none of them.
+    with pytest.raises(InvalidInputError) as caught:
+        client.apply_pipelines([_recipe("first", folder), _recipe(workdir=folder, triggers=["schedule"])])
+    assert str(caught.value) == (
+        "pipelines.retrain-churn.schedule: the schedule trigger needs a cron expression here, "
+        "e.g. '0 3 * * 1'"
+    )
+    assert client.list_pipelines() == []
+    # Without a training folder, the one current where it is applied.
+    [here] = client.apply_pipelines([_recipe("here")])
+    assert here.definition["train"]["workdir"] == str(Path.cwd().resolve())
+    client.apply_pipelines([_recipe(workdir=folder)])
+
+    queued = client.run_pipeline("retrain-churn")
+    assert client.run_logs(queued.id) == ("", 0)
+    cancelled = client.cancel_run(queued.ref, reason="wrong data")
+    assert (cancelled.id, cancelled.state) == (queued.id, "cancelled")
+    assert cancelled.error is not None
+    assert cancelled.error.endswith(": wrong data")
+    assert client.wait_run(queued.id, poll_s=0.1, timeout_s=10).state == "cancelled"
+    again = client.run_pipeline("retrain-churn", params=None)
+    unknown_run = "pipeline run '0123abcd' does not exist (give its id or PIPELINE#NUMBER)"
+    unknown_pipeline = "pipeline 'nope' does not exist; define it and run `passerelle pipeline apply`"
+    for call, error, message in (
+        (lambda: client.cancel_run("retrain-churn#9"), NotFoundError,
+         "pipeline run retrain-churn#9 does not exist"),
+        (lambda: client.cancel_run("0123abcd"), NotFoundError, unknown_run),
+        (lambda: client.get_run("0123abcd"), NotFoundError, unknown_run),
+        (lambda: client.run_logs("0123abcd"), NotFoundError, unknown_run),
+        (lambda: client.cancel_run(queued.ref), ConflictError,
+         "run retrain-churn#1 is cancelled; only active runs are cancelled"),
+        (lambda: client.run_pipeline("retrain-churn"), ConflictError,
+         f"pipeline 'retrain-churn' already has an active run retrain-churn#2 (queued, id {again.id}); "
+         "one at a time (concurrency: 1)"),
+        (lambda: client.run_pipeline("here", params={"depth": 3}), InvalidInputError,
+         "pipeline 'here' has no parameter 'depth' (declared: none)"),
+        (lambda: client.run_pipeline("here", trigger="schedule"), InvalidInputError,
+         "pipeline 'here' does not accept schedule runs (triggers: manual); add schedule to its triggers"),
+        (lambda: client.run_pipeline("nope"), NotFoundError, unknown_pipeline),
+        (lambda: client.get_pipeline("nope"), NotFoundError, unknown_pipeline),
+        (lambda: client.list_runs("nope"), NotFoundError, unknown_pipeline),
+        (lambda: client.list_runs(limit=0), InvalidInputError,
+         "limit must be a whole number from 1 to 1000, got 0"),
+        (lambda: client.run_logs(queued.id, offset=-1), InvalidInputError,
+         "offset must be a whole number of bytes, 0 or more, got -1"),
+        (lambda: client.lineage("nope:1"), NotFoundError, "model 'nope' does not exist"),
+    ):  # fmt: skip
+        with pytest.raises(error) as caught:
+            call()
+        assert str(caught.value) == message

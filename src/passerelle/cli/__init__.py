@@ -13,8 +13,10 @@ from typing import Any
 import typer
 
 from passerelle.__about__ import __version__
-from passerelle.cli import admin, batch, datasets, registry, serving
+from passerelle.cli import admin, batch, datasets, feedback, monitoring, registry, serving
+from passerelle.cli import pipelines as pipelines_cli
 from passerelle.cli._common import err_console
+from passerelle.cli.tokens import tokens_app
 from passerelle.errors import PasserelleError
 
 app = typer.Typer(
@@ -63,6 +65,12 @@ app.command("rollback")(serving.rollback)
 app.command("serve")(serving.serve)
 app.add_typer(serving.endpoints_app, name="endpoints")
 app.add_typer(serving.predictions_app, name="predictions")
+app.add_typer(feedback.feedback_app, name="feedback")
+app.add_typer(monitoring.monitor_app, name="monitor")
+app.add_typer(monitoring.alerts_app, name="alerts")
+app.add_typer(pipelines_cli.pipeline_app, name="pipeline")
+app.add_typer(tokens_app, name="tokens")
+app.command("lineage")(pipelines_cli.lineage)
 
 
 @app.command("demo")
@@ -105,11 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line unless asked for the traceback
         if debug:
             raise
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # A usage error (missing option, bad value). Typer may bundle its own copy of click, so
+        # the exception is recognised by what it can do rather than by click's class.
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
         err_console.print(
             f"[red]error:[/] unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
             highlight=False,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from passerelle.cli._common import JSON, REASON, client, console, parse_since, print_json, when
+from passerelle.cli._common import JSON, REASON, client, console, err_console, parse_since, print_json, when
 from passerelle.errors import InvalidInputError
 
 endpoints_app = typer.Typer(help="Online endpoints and their traffic policies.", no_args_is_help=True)
@@ -71,10 +74,39 @@ def deploy(
     max_wait_ms: float | None = typer.Option(
         None, "--max-wait-ms", help="Micro-batching: longest wait to fill."
     ),
+    no_monitor: bool = typer.Option(
+        False,
+        "--no-monitor",
+        help="Create the endpoint without the default monitor and alert rules.",
+    ),
+    redact: list[str] | None = typer.Option(
+        None,
+        "--redact",
+        help="Input column never written to the prediction log, repeatable; a redacted key column "
+        "is logged as a keyed hash. Default: what the endpoint redacts now.",
+    ),
+    no_redact: bool = typer.Option(False, "--no-redact", help="Stop redacting: log every input column."),
+    retention_days: int | None = typer.Option(
+        None,
+        "--retention-days",
+        min=0,
+        help="Delete logged predictions older than this many days (0: keep them whatever their age).",
+    ),
+    retention_rows: int | None = typer.Option(
+        None, "--retention-rows", min=0, help="Keep only the newest this many logged predictions (0: all)."
+    ),
     reason: str | None = REASON,
     as_json: bool = JSON,
 ) -> None:
-    """Create an endpoint or change its policy (a new revision)."""
+    """Create an endpoint or change its policy (a new revision).
+
+    Redaction and retention stay as they are unless given: --redact (or --no-redact),
+    --retention-days and --retention-rows change them; without a retention of its own an
+    endpoint follows the server's (settings prediction_retention_days and _rows).
+
+    A new endpoint gets a monitor (hourly windows, each version's training dataset as
+    reference) and default alert rules, unless --no-monitor is given.
+    """
     from passerelle.endpoints import DeploySpec
     from passerelle.policy import CanaryGates, parse_duration, parse_steps, parse_weighted, readable_errors
 
@@ -82,6 +114,8 @@ def deploy(
         raise InvalidInputError("give either --model or --route, not both")
     if not model and not route:
         raise InvalidInputError("give --model REF or one or more --route REF=PERCENT")
+    if redact and no_redact:
+        raise InvalidInputError("give either --redact or --no-redact, not both")
     routes = [(model, 100)] if model else _routes(route or [])
     if canary is not None:
         canary_ref, _ = parse_weighted(canary, "canary")
@@ -108,6 +142,10 @@ def deploy(
             max_batch_rows=max_batch_rows,
             max_wait_ms=max_wait_ms,
             key_column=key_column,
+            monitor=not no_monitor,
+            redact=[] if no_redact else redact or None,
+            retention_days=retention_days,
+            retention_rows=retention_rows,
         )
     with client() as c:
         rev = c.deploy(name, spec, reason=reason)
@@ -121,6 +159,13 @@ def deploy(
     if rev.policy.canary:
         c_ = rev.policy.canary
         console.print(f"  canary {c_.ref}: steps {c_.steps}, {c_.step_interval_s:g}s each")
+    if rev.policy.redact:
+        console.print(f"  not logged: {', '.join(rev.policy.redact)}", highlight=False)
+    kept = rev.policy.retention
+    if kept.max_age_days or kept.max_rows:
+        limits = [f"{kept.max_age_days} days"] if kept.max_age_days else []
+        limits += [f"the newest {kept.max_rows:,} rows"] if kept.max_rows else []
+        console.print(f"  logged predictions kept: {' and '.join(limits)}", highlight=False)
 
 
 def promote(
@@ -304,12 +349,149 @@ def predictions_export(
     console.print(f"exported {rows} prediction(s) to {output}")
 
 
+@predictions_app.command("archive")
+def predictions_archive(
+    name: str | None = typer.Argument(None, help="Endpoint name; default: every endpoint."),
+    older_than: str = typer.Option(
+        ..., "--older-than", help="Move predictions older than this (30d, 12h), counted in whole days."
+    ),
+    to: str | None = typer.Option(
+        None, "--to", help="Archive root: a folder or s3://bucket/prefix (default: setting archive_uri)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would move; change nothing."),
+    reason: str | None = REASON,
+    as_json: bool = JSON,
+) -> None:
+    """Move old predictions from the database to Parquet files, one folder per endpoint and day."""
+    from passerelle.archive import archive
+    from passerelle.context import Context
+    from passerelle.policy import parse_duration
+    from passerelle.settings import load_settings
+
+    settings = load_settings()
+    if settings.url:
+        # The archive is written by whoever holds the database and the artifact store.
+        raise InvalidInputError(
+            "predictions archive works on the store itself: run it without PASSERELLE_URL, with the "
+            "server's database and artifact settings"
+        )
+    with _usage_errors():
+        age = dt.timedelta(seconds=parse_duration(older_than, "--older-than"))
+    ctx = Context(settings)
+    try:
+        with _usage_errors():
+            report = archive(ctx, name, older_than=age, root=to, dry_run=dry_run, reason=reason)
+    finally:
+        ctx.close()
+    if as_json:
+        print_json(report.to_dict())
+        return
+    verb = "would move" if dry_run else "moved"
+    for batch in report.batches:
+        where = f" → {batch.file}" if batch.file else ""
+        console.print(
+            f"{batch.endpoint} {batch.date}: {verb} {batch.rows} prediction(s){where}", highlight=False
+        )
+    console.print(
+        f"{verb} {report.rows} prediction(s) from before {report.cutoff:%Y-%m-%d} (UTC) to {report.root}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.recovered:
+        console.print(f"finished {report.recovered} file(s) left by an interrupted run", highlight=False)
+    for endpoint in report.busy:
+        console.print(f"[yellow]{endpoint}: another process is archiving it[/]", highlight=False)
+    for endpoint, problem in report.failed.items():
+        err_console.print(f"[red]{endpoint}: {escape(problem)}[/]", highlight=False, soft_wrap=True)
+    if report.more:
+        console.print("more predictions are due: run the command again", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@predictions_app.command("erase")
+def predictions_erase(
+    name: str = typer.Argument(..., help="Endpoint name, e.g. churn-api."),
+    key: str = typer.Option(
+        ...,
+        "--key",
+        help="The business key: COLUMN=VALUE (customer_id=C000042), or VALUE when the endpoint has a "
+        "key column.",
+    ),
+    reason: str | None = typer.Option(
+        None, "--reason", help="Why (a ticket number...); kept in the audit log, so never the key itself."
+    ),
+    as_json: bool = JSON,
+) -> None:
+    """Erase every logged prediction, shadow answer and label tied to a business key.
+
+    Predictions of that key still waiting in a log segment are dropped when shipped. The audit
+    log records the counts and a keyed hash of the key, never the key.
+    """
+    with _usage_errors(), client() as c:
+        erased = c.erase_predictions(name, key, reason=reason)
+    if as_json:
+        print_json(erased.model_dump(mode="json"))
+        return
+    console.print(
+        f"{name}: erased {erased.predictions} prediction(s), {erased.shadows} shadow answer(s), "
+        f"{erased.feedback} label(s), {erased.feedback_unmatched} kept label(s) and {erased.set_aside} "
+        f"set-aside line(s); audit key hash {erased.key_hash}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@predictions_app.command("retention")
+def predictions_retention(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted; delete nothing."),
+    as_json: bool = JSON,
+) -> None:
+    """Apply each endpoint's retention now: delete older predictions with their shadows and labels."""
+    with client() as c:
+        deleted = c.apply_retention(dry_run=dry_run)
+    if as_json:
+        print_json(deleted)
+        return
+    if not deleted:
+        console.print(
+            "no retention limit in force: set one with deploy --retention-days/--retention-rows, or the "
+            "settings prediction_retention_days/prediction_retention_rows",
+            highlight=False,
+        )
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for endpoint, n in deleted.items():
+        console.print(f"{endpoint}: {verb} {n} prediction(s)", highlight=False)
+
+
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Arguments that cannot be used end the command with status 2 and one line."""
+    try:
+        yield
+    except InvalidInputError as exc:
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (SO_REUSEPORT)."),
+    auth: bool = typer.Option(
+        False,
+        "--auth",
+        help="Require an API token on every route but health, metrics and docs (or PASSERELLE_AUTH=1).",
+    ),
     insecure: bool = typer.Option(
         False, "--insecure", help="Allow a non-loopback address without authentication."
+    ),
+    ssl_certfile: Path | None = typer.Option(
+        None, "--ssl-certfile", help="Serve HTTPS with this PEM certificate (chain)."
+    ),
+    ssl_keyfile: Path | None = typer.Option(
+        None, "--ssl-keyfile", help="The certificate's PEM private key, unless the certificate file holds it."
     ),
     no_fsync: bool = typer.Option(
         False,
@@ -318,18 +500,56 @@ def serve(
     ),
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
-    """Serve every endpoint, the management API, /healthz, /readyz, /metrics and /docs."""
-    from passerelle.serving.server import ServeOptions, check_bind
+    """Serve every endpoint, the management API, /healthz, /readyz, /metrics and /docs.
+
+    Without --auth, only a loopback address is allowed (or any with --insecure); see
+    docs/security.md.
+    """
+    from passerelle.serving.server import ServeOptions, check_bind, is_loopback, with_options
     from passerelle.serving.server import serve as run
     from passerelle.settings import load_settings
 
+    settings = load_settings()
     options = ServeOptions(
-        host=host, port=port, workers=workers, insecure=insecure, fsync=not no_fsync, log_level=log_level
+        host=host,
+        port=port,
+        workers=workers,
+        insecure=insecure,
+        fsync=not no_fsync,
+        log_level=log_level,
+        auth=auth or settings.auth,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
     )
     check_bind(options)
+    settings = with_options(settings, options)
     console.print(
-        f"passerelle serving on http://{host}:{port} ({workers} worker(s)); docs at /docs", highlight=False
+        f"passerelle serving on {options.scheme}://{host}:{port} ({workers} worker(s)); docs at /docs",
+        highlight=False,
     )
-    if host in {"127.0.0.1", "localhost", "::1"}:
-        console.print("[yellow]no authentication: only this machine can reach the server[/]")
-    run(load_settings(), options)
+    if options.auth:
+        from passerelle.auth import list_tokens
+        from passerelle.context import Context
+
+        console.print("authentication on: every route but health, metrics and docs needs an API token")
+        ctx = Context(settings)
+        try:
+            active = [t for t in list_tokens(ctx) if t.status == "active"]
+        finally:
+            ctx.close()
+        if not active:
+            err_console.print(
+                "[yellow]warning:[/] no active token exists, so every request but health, metrics and "
+                "docs will be refused; create one with: passerelle tokens create --name NAME --role admin",
+                highlight=False,
+                soft_wrap=True,
+            )
+    elif is_loopback(host):
+        console.print(
+            "[yellow]no authentication (--auth turns it on): only this machine can reach the server[/]"
+        )
+    else:
+        console.print(
+            f"[red]no authentication on {host}: anyone who can reach it can do anything (--insecure)[/]"
+        )
+    run(settings, options)

@@ -20,7 +20,7 @@ from rich.table import Table
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
 from passerelle.client import Client, LocalClient
-from passerelle.demo.data import FEATURES, generate_churn, make_model, split_features, write_dataset
+from passerelle.demo.data import FEATURES, Drift, generate_churn, make_model, split_features, write_dataset
 from passerelle.settings import Settings, load_settings
 
 console = Console()
@@ -105,6 +105,7 @@ def run_demo(*, fast: bool = False, home: str | None = None) -> None:
             )
         console.print(scores)
         _serve(client, settings, holdout, champion, challenger, candidate, fast=fast)
+        _monitor(client, settings, champion, challenger, fast=fast)
 
     where = os.path.relpath(settings.home)
     console.print(
@@ -117,6 +118,8 @@ def run_demo(*, fast: bool = False, home: str | None = None) -> None:
             "  passerelle endpoints show churn-api\n"
             "  passerelle endpoints compare churn-api\n"
             "  passerelle predictions tail churn-api\n"
+            "  passerelle monitor show churn-api\n"
+            "  passerelle alerts list churn-api\n"
             "  passerelle serve   (then open http://127.0.0.1:8000/docs)\n"
             "  passerelle audit",
             title="next",
@@ -200,3 +203,184 @@ def _serve(
         )
     logged = len(client.predictions_tail("churn-api", limit=100_000))
     console.print(f"prediction log: {logged} answered predictions stored with their inputs and outputs")
+
+
+def _monitor(client: Client, settings: Settings, champion: int, challenger: int, *, fast: bool) -> None:
+    """Two days of past traffic that drifts, labels that arrive a day late, and what the monitor saw."""
+    # Replaying history writes to this machine's prediction log: the demo runs on the embedded store.
+    assert isinstance(client, LocalClient)
+    from passerelle import monitor
+    from passerelle.alerts import RuleSpec
+    from passerelle.demo.history import labels_frame, replay
+
+    window = dt.timedelta(hours=6)
+    windows = 8
+    now = dt.datetime.now(dt.UTC)
+    start = monitor.floor_time(now - windows * window, int(window.total_seconds()))
+    rows = 1500 if fast else 4000
+    drift = Drift(
+        mean_shift={"tenure_months": -0.8, "monthly_charges": 0.6, "age": -0.7},
+        scale={"data_usage_gb": 1.8},
+        category_shift={"contract": {"month-to-month": 0.8}, "payment_method": {"electronic-check": 0.6}},
+        concept=0.6,
+    )
+    console.print(
+        f"7. replaying two days of traffic through the prediction log: {windows} windows of 6 h, "
+        f"{rows:,} customers each; from window 5 on, customers are younger, newer, pay more, use more data "
+        "and sign shorter contracts"
+    )
+    replayed = replay(
+        client,
+        "churn-api",
+        [(champion, 90), (challenger, 10)],
+        start=start,
+        windows=windows,
+        window=window,
+        rows=rows,
+        drift=drift,
+        drift_from=4,
+    )
+    labels = labels_frame(replayed, until=now, lag=dt.timedelta(days=1))
+    items = [{str(k): v for k, v in row.items()} for row in labels.to_dict("records")]
+    result = client.record_feedback("churn-api", items, reason="demo: churn known a day later")
+    console.print(
+        f"8. {result.matched:,} labels sent back a day after their predictions "
+        f"(the last day has none yet: its performance can only be estimated)"
+    )
+    pipeline = _retraining_pipeline(client, settings, drift, rows=rows)
+    data_drift = next(r for r in client.list_alert_rules("churn-api") if r.name == "data-drift")
+    client.set_alert_rule(
+        "churn-api",
+        RuleSpec(
+            data_drift.name,
+            data_drift.expression,
+            for_windows=data_drift.for_windows,
+            keep_firing_windows=data_drift.keep_firing_windows,
+            severity=data_drift.severity,
+            inhibited_by=tuple(data_drift.inhibited_by),
+            pipeline=pipeline,
+        ),
+        reason="demo: retrain the churn model when its traffic drifts",
+    )
+    existing = client.get_monitor("churn-api")
+    spec = monitor.parse_spec(window="6h", delay="0s", base=existing.spec)
+    client.set_monitor("churn-api", spec, start=start, reason="demo: six-hour windows over the replayed days")
+    summaries = client.run_monitors("churn-api")
+    evaluated = sum(s.windows for s in summaries)
+    console.print(f"9. the monitor judged {evaluated} windows of 6 h against churn-train (the training data)")
+    table = Table("window", "status", "rows", "drifted features", "accuracy (labels)", "accuracy (estimated)")
+    for r in client.monitor_results("churn-api", since=start, version=f"churn:{champion}"):
+        f = r.figures
+        drifted = r.details.get("drift", {}).get("drifted_columns", []) if r.status in ("ok", "drift") else []
+        realized = f.get("performance.accuracy")
+        estimated = f.get("estimated.accuracy")
+        table.add_row(
+            r.window_start.strftime("%a %H:%M"),
+            r.status,
+            f"{r.rows:,}",
+            ", ".join(c for c in drifted if c not in (monitor.PREDICTION, monitor.SCORE)) or "-",
+            "-"
+            if realized is None
+            else f"{realized:.3f} [{f.get('performance.accuracy.low') or 0:.3f}, "
+            f"{f.get('performance.accuracy.high') or 0:.3f}]",
+            "-" if estimated is None else f"{estimated:.3f}",
+        )
+    console.print(table)
+    overall = client.monitor_results("churn-api", since=start, version="all")
+    verdict = next((r.details["verdict"] for r in reversed(overall) if "verdict" in r.details), None)
+    if verdict is not None:
+        console.print(f"A/B verdict: {verdict['message']}")
+    fired = [a for a in client.list_alerts("churn-api") if a.fired_at is not None]
+    if fired:
+        console.print("alerts that fired:")
+        for a in fired:
+            console.print(
+                f"  [{a.severity}] {a.rule} on {a.model}:{a.version or 'all'} ({a.state}): {a.summary}"
+            )
+    else:
+        console.print("no alert fired")
+    report = Path(settings.home) / "demo" / "report.html"
+    report.write_text(client.monitor_report("churn-api", since=start), encoding="utf-8")
+    console.print(f"10. monitoring report: {os.path.relpath(report)} (one file, opens without network)")
+    _retrain(client, pipeline)
+
+
+def _retraining_pipeline(client: LocalClient, settings: Settings, drift: Drift, *, rows: int) -> str:
+    """Fresh labelled data from the drifted population, and a pipeline that retrains on it."""
+    from passerelle.demo.data import ID, TIME
+    from passerelle.pipelines import Evaluation, Pipeline, Promotion, TrainStep, register_pipelines
+
+    data_dir = Path(settings.home) / "demo"
+    fresh = generate_churn(rows * 4, seed=300, drift=drift)
+    holdout = generate_churn(rows * 2, seed=301, drift=drift)
+    write_dataset(fresh, data_dir / "churn-fresh.parquet")
+    write_dataset(holdout, data_dir / "churn-fresh-holdout.parquet")
+    client.register_dataset(data_dir / "churn-fresh.parquet", "churn-fresh", reason="demo: recent customers")
+    client.register_dataset(
+        data_dir / "churn-fresh-holdout.parquet",
+        "churn-fresh-holdout",
+        reason="demo: recent customers, held out",
+    )
+    name = "retrain-churn"
+    register_pipelines(
+        client.ctx,
+        [
+            Pipeline(
+                name=name,
+                model="churn",
+                description="retrain the churn model on recent customers when its traffic drifts",
+                train=TrainStep(entry_point="passerelle.demo.train:fit"),
+                input={"dataset": "churn-fresh"},
+                evaluation=Evaluation(
+                    holdout="churn-fresh-holdout",
+                    label="churned",
+                    drop=[ID, TIME],
+                    latency_rows=0,
+                    gates=["auc >= champion.auc + 0.005"],
+                ),
+                promotion=Promotion(policy="shadow", endpoint="churn-api"),
+                triggers=["alert", "manual"],
+            )
+        ],
+        reason="demo: the retraining recipe",
+    )
+    console.print(
+        f"   pipeline [bold]{name}[/]: trains on the newest churn-fresh, must beat the champion's AUC on "
+        "churn-fresh-holdout by 0.005, then goes to shadow; the data-drift alert triggers it"
+    )
+    return name
+
+
+def _retrain(client: LocalClient, pipeline: str) -> None:
+    """The run the drift alert queued: train, evaluate against the champion, shadow, then promote."""
+    from passerelle import pipelines
+    from passerelle.cli.pipelines import lineage_tree
+    from passerelle.lineage import graph
+
+    queued = [r for r in pipelines.list_runs(client.ctx, pipeline) if r.trigger == "alert"]
+    if not queued:
+        console.print("no alert triggered the retraining pipeline")
+        return
+    run = pipelines.wait(client.ctx, queued[-1].id, timeout_s=600)
+    console.print(
+        f"11. the data-drift alert queued run {run.ref}: {run.state}, "
+        f"registered {run.model_version or 'nothing'}"
+    )
+    for gate in run.evaluation.get("gates", []):
+        console.print(
+            f"    {'pass' if gate['passed'] else 'FAIL'}  {gate['gate']}  ({gate.get('detail', '')})"
+        )
+    if run.state != "succeeded" or run.model_version is None:
+        console.print(f"    the champion stays: {run.error or 'the candidate did not pass its gates'}")
+        return
+    detail = client.get_endpoint("churn-api").endpoint
+    console.print(
+        f"    churn-api revision {detail.revision}: shadow {', '.join(s.ref for s in detail.policy.shadows)}"
+    )
+    rev = client.promote(
+        "churn-api",
+        run.model_version,
+        reason=f"demo: {run.ref} beat the champion on fresh data and ran in shadow",
+    )
+    console.print(f"12. promoted {run.model_version} to champion: churn-api revision {rev.number}")
+    console.print(lineage_tree(graph(client.ctx, run.model_version)))

@@ -10,11 +10,15 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from passerelle.api.app import create_app
+from passerelle.api.deps import PUBLIC, Guarded, Requirement
+from passerelle.api.endpoints import feedback_router
 from passerelle.api.endpoints import router as endpoints_router
 from passerelle.api.inference import build_router
+from passerelle.auth import Permission
 from passerelle.serving.gateway import Gateway, Limits
 from passerelle.serving.metrics import ServingMetrics
 from passerelle.settings import Settings
+from passerelle.ui import router as console_router
 
 
 def create_serving_app(
@@ -25,7 +29,41 @@ def create_serving_app(
     limits: Limits | None = None,
     background: bool = True,
 ) -> FastAPI:
-    app = create_app(settings, routers=[build_router(), endpoints_router])
+    read, predict, feedback = Permission.READ, Permission.PREDICT, Permission.FEEDBACK
+    # /metrics is public like the health routes: Prometheus scrapes without a token, and it
+    # holds counts and latencies, never inputs.
+    health: dict[str, Requirement] = {
+        f"GET {path}": PUBLIC
+        for path in ("/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready")
+    }
+    routers = [
+        # OIP v2 clients read a model's metadata and readiness before they infer.
+        Guarded(build_router(), read=(predict, read), write=predict, overrides=health),
+        Guarded(feedback_router, read=read, write=feedback),
+        Guarded(
+            endpoints_router,
+            read=read,
+            write=Permission.OPERATE,
+            overrides={
+                "POST /api/v1/endpoints/{name}/feedback": feedback,
+                "POST /api/v1/endpoints/{name}/feedback/rejoin": feedback,
+            },
+            # A new policy is applied only once its versions are proven to load.
+            untimed=(
+                "PUT /api/v1/endpoints/{name}",
+                "POST /api/v1/endpoints/{name}/weights",
+                "POST /api/v1/endpoints/{name}/promote",
+                "POST /api/v1/endpoints/{name}/rollback",
+                "GET /api/v1/endpoints/{name}/predictions/export",
+            ),
+        ),
+        # Browsers send a session cookie, not a bearer token: the console checks it itself, with
+        # the same roles (passerelle.ui.session).
+        Guarded(console_router, read=PUBLIC, write=PUBLIC),
+    ]
+    app = create_app(settings, routers=routers)
+    if limits is None:
+        limits = Limits(max_rows=settings.max_rows_per_request, max_body_bytes=settings.max_body_bytes)
     # The gateway shares the management API's stores: one connection pool per worker.
     gateway = Gateway(
         app.state.passerelle_client.ctx,

@@ -86,7 +86,7 @@ def histogram_percentile(hist: Sequence[int], q: float) -> float | None:
     return LATENCY_BOUNDS_MS[-1]
 
 
-def _add_hist(total: list[int], more: Sequence[int]) -> list[int]:
+def add_hist(total: list[int], more: Sequence[int]) -> list[int]:
     if len(total) < len(more):
         total = total + [0] * (len(more) - len(total))
     out = list(total)
@@ -119,7 +119,7 @@ class _Figures:
         self.errors += other.errors
         self.rows += other.rows
         self.rejected_rows += other.rejected_rows
-        self.hist = _add_hist(self.hist, other.hist)
+        self.hist = add_hist(self.hist, other.hist)
         self.shadow_compared += other.shadow_compared
         self.shadow_disagreed += other.shadow_disagreed
         self.shadow_dropped += other.shadow_dropped
@@ -279,7 +279,7 @@ class FigureRecorder:
                         row.rows += figures.rows
                         row.rejected_rows += figures.rejected_rows
                         # New objects, so that the JSON columns are seen as changed.
-                        row.latency_hist = _add_hist(list(row.latency_hist or []), figures.hist)
+                        row.latency_hist = add_hist(list(row.latency_hist or []), figures.hist)
                         row.shadow_compared += figures.shadow_compared
                         row.shadow_disagreed += figures.shadow_disagreed
                         row.shadow_dropped += figures.shadow_dropped
@@ -314,11 +314,22 @@ class FigureRecorder:
             logger.warning("could not write the last serving figures", exc_info=True)
 
     def _run(self, store: Store, interval_s: float) -> None:
+        failing = False
         while not self._stopping.wait(interval_s):
             try:
                 self.flush(store)
-            except Exception:
-                logger.warning("could not write serving figures; will retry", exc_info=True)
+            except Exception as exc:
+                # The whole traceback once per outage; a line per retry after that.
+                logger.warning(
+                    "could not write serving figures; will retry: %s",
+                    str(exc).splitlines()[0] if str(exc) else exc,
+                    exc_info=not failing,
+                )
+                failing = True
+            else:
+                if failing:
+                    logger.info("serving figures written again")
+                failing = False
 
 
 @dataclass(frozen=True)

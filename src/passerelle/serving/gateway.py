@@ -35,13 +35,18 @@ from passerelle.errors import (
     PayloadTooLargeError,
     SchemaError,
 )
+from passerelle.monitor import Scheduler
+from passerelle.pipelines import Scheduler as PipelineScheduler
 from passerelle.policy import STICKY_BUCKETS, Policy, sticky_bucket
 from passerelle.predictionlog import (
     LogShipper,
     PredictionLog,
     PredictionRecord,
+    Redaction,
     ShadowRecord,
     new_prediction_id,
+    redaction,
+    redaction_secret,
 )
 from passerelle.registry import LoadedModel, Registry
 from passerelle.serving import figures as figures_mod
@@ -206,6 +211,8 @@ class LiveEndpoint:
     shadows: list[tuple[Runner, float]]
     canary: Runner | None = None
     baseline: Runner | None = None
+    #: what the policy keeps out of the log; None when nothing is redacted
+    redaction: Redaction | None = None
 
     def choose(self, key: str | None) -> Runner:
         point = sticky_bucket(key) if key is not None else random.randrange(STICKY_BUCKETS)
@@ -251,12 +258,16 @@ class Gateway:
         self.background = background
         home = Path(ctx.settings.home).resolve()
         self.log = PredictionLog(home / "predictions", worker=self.worker, fsync=fsync)
-        self.shipper = LogShipper(home / "predictions", ctx.store, log=self.log)
+        self.shipper = LogShipper(
+            home / "predictions", ctx.store, log=self.log, secret=lambda: redaction_secret(ctx.settings)
+        )
         self.figures = FigureRecorder(self.worker)
         self.shadow = ShadowDispatcher(on_result=self._on_shadow, metrics=metrics)
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="passerelle-load")
         self._tasks: list[asyncio.Task[None]] = []
         self._retired: list[tuple[float, Runner]] = []
+        self.monitors: Scheduler | None = None
+        self.pipelines: PipelineScheduler | None = None
         self._started = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -269,6 +280,13 @@ class Gateway:
             self.figures.start(self.ctx.store)
             self._tasks.append(asyncio.create_task(self._refresh_loop(), name="passerelle-refresh"))
             self._tasks.append(asyncio.create_task(self._canary_loop(), name="passerelle-canary"))
+            interval = self.ctx.settings.monitor_interval_seconds
+            if interval > 0:
+                self.monitors = Scheduler(self.ctx, interval_s=interval, holder=self.worker)
+                self.monitors.start()
+                # Retraining runs triggered by data, schedules and alerts, under leases.
+                self.pipelines = PipelineScheduler(self.ctx, holder=self.worker)
+                self.pipelines.start()
         self._started = True
 
     async def stop(self) -> None:
@@ -278,6 +296,10 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        for scheduler in (self.monitors, self.pipelines):
+            if scheduler is not None:
+                await asyncio.get_running_loop().run_in_executor(None, scheduler.stop)
+        self.monitors = self.pipelines = None
         await self.shadow.stop()
         self.log.close()
         if self.background:
@@ -349,7 +371,9 @@ class Gateway:
         if policy.canary is not None:
             canary = self._runner(policy.canary.ref, policy)
             baseline = self._runner(policy.primary.ref, policy)
-        return LiveEndpoint(name, info.revision, policy, routes, shadows, canary, baseline)
+        # Worked out here, off the response path: the first redaction may create the secret's file.
+        redacted = redaction(policy.redact, policy.key_column or policy.sticky_key, self.ctx.settings)
+        return LiveEndpoint(name, info.revision, policy, routes, shadows, canary, baseline, redacted)
 
     def _runner(self, ref: str, policy: Policy) -> Runner:
         found = self.runners.get(ref)
@@ -519,6 +543,13 @@ class Gateway:
             return json_scalar(value)
 
         ids = [new_prediction_id() for _ in range(n_rows)]
+        logged = columns
+        redacted = live.redaction
+        if redacted is not None:
+            # Before any record exists: a redacted value never reaches a segment file.
+            logged = redacted.inputs(columns)
+            if keys is not None and redacted.hashes(keys, columns):
+                keys = [redacted.key(k) for k in keys]
         latency_ms = (time.perf_counter() - started) * 1000
         now = dt.datetime.now(dt.UTC)
         records = [
@@ -530,7 +561,7 @@ class Gateway:
                 version=runner.version,
                 at=now,
                 latency_ms=latency_ms,
-                inputs={c: plain(values[i]) for c, values in columns.items()},
+                inputs={c: plain(values[i]) for c, values in logged.items()},
                 outputs=_outputs(output, i, runner.classes),
                 key=keys[i] if keys is not None and i < len(keys) else None,
                 request_id=request_id,

@@ -38,6 +38,15 @@ class ServeOptions:
     fsync: bool = True
     log_level: str = "warning"
     threads_per_worker: int | None = None
+    #: require API tokens (also turned on by the auth setting, PASSERELLE_AUTH=1)
+    auth: bool = False
+    #: TLS: a PEM certificate (chain), and its key unless the certificate file holds it
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_certfile else "http"
 
 
 def is_loopback(host: str) -> bool:
@@ -50,13 +59,27 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(options: ServeOptions) -> None:
-    if not is_loopback(options.host) and not options.insecure:
+    """Refuse what must not start: a reachable address without authentication, unless insisted on."""
+    if not is_loopback(options.host) and not options.auth and not options.insecure:
         raise InvalidInputError(
-            f"refusing to listen on {options.host}: nothing authenticates requests yet, so only "
-            "loopback addresses are allowed; pass --insecure to accept the risk"
+            f"refusing to listen on {options.host} without authentication: pass --auth to require API "
+            "tokens (create them with 'passerelle tokens create'), or --insecure to let anyone who "
+            "reaches this address do anything"
         )
     if options.workers < 1:
         raise InvalidInputError("--workers must be at least 1")
+    if options.ssl_keyfile and not options.ssl_certfile:
+        raise InvalidInputError("--ssl-keyfile needs --ssl-certfile")
+    for flag, path in (("--ssl-certfile", options.ssl_certfile), ("--ssl-keyfile", options.ssl_keyfile)):
+        if path is not None and not os.path.isfile(path):
+            raise InvalidInputError(f"{flag} {path}: no such file")
+
+
+def with_options(settings: Settings, options: ServeOptions) -> Settings:
+    """``settings`` as the server runs them: --auth turns authentication on, never off."""
+    if options.auth and not settings.auth:
+        return settings.model_copy(update={"auth": True})
+    return settings
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -88,7 +111,9 @@ def run_worker(
     limit_native_threads(threads)
     if sock is None:
         sock = bind_socket(options.host, options.port, reuse_port=options.workers > 1)
-    app = create_serving_app(settings, fsync=options.fsync, worker=f"{socket.gethostname()}-{os.getpid()}")
+    app = create_serving_app(
+        with_options(settings, options), fsync=options.fsync, worker=f"{socket.gethostname()}-{os.getpid()}"
+    )
     config = uvicorn.Config(
         app,
         log_level=options.log_level,
@@ -97,6 +122,8 @@ def run_worker(
         http=_best("httptools", "auto"),
         timeout_graceful_shutdown=10,
         lifespan="on",
+        ssl_certfile=options.ssl_certfile,
+        ssl_keyfile=options.ssl_keyfile,
     )
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
