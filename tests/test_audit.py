@@ -123,6 +123,14 @@ def test_the_chain_holds_after_many_operations(any_client: LocalClient) -> None:
     assert any_client.doctor(audit_anchor=f"{entries[3].id}:{entries[3].hash}").ok
 
 
+def test_a_record_holding_a_non_finite_number_still_verifies(store: Store) -> None:
+    # The database keeps NaN as null; the hash must cover what it keeps.
+    with store.write() as session:
+        audit.record(session, actor="a", action="test.nan", target="x", after={"gap": float("nan")})
+    assert audit.list_entries(store)[0].after == {"gap": None}
+    assert audit.verify_chain(store) == audit.ChainReport(ok=True, checked=1)
+
+
 def test_a_savepoint_rolled_back_takes_its_records_out_of_the_chain(store: Store) -> None:
     with store.write() as session:
         audit.record(session, actor="a", action="test.kept", target="x")

@@ -151,3 +151,26 @@ def test_kill_during_registration_leaves_no_half_version(backend: str, tmp_path:
         assert report.orphans == []
         registered = c.audit(action="version.register")
         assert len(registered) == expected
+
+
+def test_json_columns_store_non_finite_numbers_as_null_on_every_database(backend: str) -> None:
+    # PostgreSQL refuses NaN in JSON while SQLite would keep it: both get null, so a document a
+    # monitor or a run writes on one database is written on the other too.
+    from passerelle.store.schema import FeedbackUnmatched, utcnow
+
+    store = Store(backend)
+    try:
+        label = {"gap": float("nan"), "nested": [1.5, float("inf"), {"x": -float("inf")}], "ok": 2}
+        with store.write() as session:
+            row = FeedbackUnmatched(
+                endpoint="e", label=label, label_at=utcnow(), received_by="test", prediction_id="p"
+            )
+            session.add(row)
+            session.flush()
+            rid = row.id
+        with store.read() as session:
+            stored = session.get(FeedbackUnmatched, rid)
+            assert stored is not None
+            assert stored.label == {"gap": None, "nested": [1.5, None, {"x": None}], "ok": 2}
+    finally:
+        store.dispose()

@@ -20,7 +20,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from passerelle.errors import InvalidInputError
-from passerelle.store import Store
+from passerelle.store import Store, json_dumps
 from passerelle.store.schema import AuditRecord, utcnow
 
 #: ``prev_hash`` of the first record of a log.
@@ -198,7 +198,8 @@ def _chain_head(session: Session) -> str | None:
 def _as_stored(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return None
-    stored: dict[str, Any] = json.loads(json.dumps(value))
+    # Hashed as the database will hand it back, non-finite numbers as null included.
+    stored: dict[str, Any] = json.loads(json_dumps(value))
     return stored
 
 

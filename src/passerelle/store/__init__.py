@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,28 @@ PG_CONNECT_ARGS: dict[str, int] = {
 }
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_dumps(value: Any) -> str:
+    """How every JSON column is written, on both databases.
+
+    JSON has no NaN or infinity: PostgreSQL refuses them, while SQLite would keep Python's
+    non-standard ``NaN``. Both store null instead, so that what works on one works on the other.
+    """
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # only then walk the value: most documents hold finite numbers only
+        return json.dumps(_finite(value), allow_nan=False)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # pysqlite's own transaction handling would BEGIN lazily and let two writers both
     # read a stale max(number); we issue BEGIN ourselves (IMMEDIATE for writes).
@@ -56,7 +80,7 @@ def create_store_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=json_dumps)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
@@ -64,7 +88,7 @@ def create_store_engine(url: str) -> Engine:
         require("psycopg", "postgres")
         given = set(parsed.query)
         defaults = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in given}
-        return create_engine(url, pool_pre_ping=True, connect_args=defaults)
+        return create_engine(url, pool_pre_ping=True, connect_args=defaults, json_serializer=json_dumps)
     raise StoreError(f"unsupported database URL {parsed.render_as_string(hide_password=True)}")
 
 
