@@ -44,7 +44,16 @@ if TYPE_CHECKING:
     from passerelle.flavors.base import Predictor
     from passerelle.serving.metrics import ServingMetrics
 
-__all__ = ["BatchOutput", "Batcher", "BatcherStats", "ModelCall", "Overloaded", "predictor_call"]
+__all__ = [
+    "BatchOutput",
+    "Batcher",
+    "BatcherStats",
+    "ModelCall",
+    "Overloaded",
+    "concat_frames",
+    "frame_key",
+    "predictor_call",
+]
 
 
 class Overloaded(PasserelleError):
@@ -109,8 +118,30 @@ def run_call(call: ModelCall, frame: pd.DataFrame) -> BatchOutput:
 
 
 def frame_key(frame: pd.DataFrame) -> tuple[Any, ...]:
-    """Frames with equal keys concatenate without changing any column's type."""
+    """Frames with equal keys concatenate without changing any column's type.
+
+    Building ``DataFrame.dtypes`` costs tens of microseconds; a caller that knows the types
+    of the frame it built (the gateway's fast path) passes the same tuple to
+    :meth:`Batcher.submit` instead.
+    """
     return tuple(frame.dtypes.items())
+
+
+_FLOAT = np.dtype(np.float64)
+
+
+def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The rows of ``frames`` (of equal :func:`frame_key`) as one frame with a fresh index.
+
+    Frames of float columns only, as single-row requests mostly are, are stacked as one
+    block: the same frame ``pd.concat`` gives, at half its cost.
+    """
+    first = frames[0]
+    columns = first.columns
+    if all(f.columns is columns for f in frames) and all(dtype == _FLOAT for dtype in first.dtypes):
+        matrix = np.concatenate([f.to_numpy(dtype=np.float64, copy=False) for f in frames])
+        return pd.DataFrame(matrix, columns=columns)
+    return pd.concat(frames, ignore_index=True)
 
 
 def run_coalesced(call: ModelCall, frames: Sequence[pd.DataFrame]) -> list[BatchOutput | Exception]:
@@ -118,7 +149,7 @@ def run_coalesced(call: ModelCall, frames: Sequence[pd.DataFrame]) -> list[Batch
     if len(frames) == 1:
         return [_run_alone(call, frames[0])]
     try:
-        out = run_call(call, pd.concat(frames, ignore_index=True))
+        out = run_call(call, concat_frames(frames))
     except Exception:
         return [_run_alone(call, frame) for frame in frames]
     results: list[BatchOutput | Exception] = []
@@ -151,10 +182,16 @@ class _State(enum.Enum):
 class _Pending:
     __slots__ = ("enqueued", "frame", "future", "key", "rows", "state", "timer")
 
-    def __init__(self, frame: pd.DataFrame, future: asyncio.Future[BatchOutput], enqueued: float) -> None:
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        future: asyncio.Future[BatchOutput],
+        enqueued: float,
+        key: tuple[Any, ...] | None,
+    ) -> None:
         self.frame: pd.DataFrame | None = frame
         self.rows = len(frame)
-        self.key = frame_key(frame)
+        self.key = frame_key(frame) if key is None else key
         self.future = future
         self.enqueued = enqueued
         self.state = _State.QUEUED
@@ -262,9 +299,10 @@ class Batcher:
         calls_ahead = self._queued_rows / self.max_batch_rows + (1 if self._running else 0)
         return min(60.0, max(0.1, calls_ahead * self._call_seconds))
 
-    async def submit(self, frame: pd.DataFrame) -> BatchOutput:
+    async def submit(self, frame: pd.DataFrame, key: tuple[Any, ...] | None = None) -> BatchOutput:
         """Predict ``frame``; returns the outputs of these rows only.
 
+        ``key``, when given, must be what :func:`frame_key` returns for ``frame``.
         Raises :class:`Overloaded` when the queue is full or the request waited too long,
         and whatever the model call raised for this request.
         """
@@ -281,7 +319,7 @@ class Batcher:
                 self.retry_after(),
                 f"{self.name} has {self._queued_rows} rows queued (at most {self.max_queue_rows})",
             )
-        pending = _Pending(frame, loop.create_future(), loop.time())
+        pending = _Pending(frame, loop.create_future(), loop.time(), key)
         pending.timer = loop.call_later(self.queue_timeout_s, self._expire, pending)
         self._queue.append(pending)
         self._queued += 1

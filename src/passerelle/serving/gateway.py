@@ -89,6 +89,7 @@ class Runner:
     _index: pd.Index | None = field(default=None, init=False, repr=False, compare=False)
     _all_float: bool = field(default=False, init=False, repr=False, compare=False)
     _string_dtype: Any = field(default=None, init=False, repr=False, compare=False)
+    _float_key: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
 
     #: requests of at most this many rows are checked value by value by :meth:`prepare`
     FAST_ROWS = 64
@@ -113,11 +114,15 @@ class Runner:
         self._expected = frozenset(signature.names)
         self._index = pd.Index(signature.names)
         self._all_float = all(c.type == "float" for c in signature.columns)
+        self._float_key = tuple((name, np.dtype(np.float64)) for name in signature.names)
         # The type pandas gives a column of Python strings, as Signature.conform uses.
         self._string_dtype = pd.Series(["a"]).dtype
 
-    def prepare(self, columns: dict[str, list[Any]], n_rows: int) -> tuple[pd.DataFrame, list[str]] | None:
-        """The model's input for a small request whose values all plainly fit, and its extra columns.
+    def prepare(
+        self, columns: dict[str, list[Any]], n_rows: int
+    ) -> tuple[pd.DataFrame, list[str], tuple[Any, ...]] | None:
+        """The model's input for a small request whose values all plainly fit, its extra columns,
+        and its batching key (what :func:`frame_key` would return for the frame, known here for free).
 
         Building a frame and running the signature's column-wise validation and conversion
         costs milliseconds for a single row; this looks at each value instead. It only
@@ -179,8 +184,9 @@ class Runner:
         if self._all_float:
             # One float block: cheaper to build, and to hand to the model.
             matrix = np.array([data[name] for name, _, _, _ in checks], dtype=np.float64)
-            return pd.DataFrame(matrix.T, columns=self._index), extra
-        return pd.DataFrame(data, columns=self._index), extra
+            return pd.DataFrame(matrix.T, columns=self._index), extra, self._float_key
+        frame = pd.DataFrame(data, columns=self._index)
+        return frame, extra, tuple((name, data[name].dtype) for name, _, _, _ in checks)
 
     def call(self, frame: pd.DataFrame) -> BatchOutput:
         predictor = self.loaded.predictor
@@ -499,8 +505,9 @@ class Gateway:
             runner = live.choose(sticky)
         request_id = uuid.uuid4().hex[:16]
         prepared = runner.prepare(columns, n_rows)
+        key: tuple[Any, ...] | None = None
         if prepared is not None:
-            frame, extra = prepared
+            frame, extra, key = prepared
         else:
             frame = pd.DataFrame(columns)
             extra = []
@@ -516,7 +523,7 @@ class Gateway:
                     )
                 frame = runner.signature.conform(frame)
         try:
-            output = await runner.batcher.submit(frame)
+            output = await runner.batcher.submit(frame, key)
         except Overloaded as exc:
             self.metrics.errors.labels(name, runner.model, str(runner.version), "overloaded").inc()
             raise OverloadedError(f"{runner.ref} is overloaded; retry later", exc.retry_after_s) from exc
@@ -570,7 +577,7 @@ class Gateway:
         ]
         # Durability before the answer: the response waits for the group commit holding it.
         await self.log.append(records)
-        self._mirror(live, runner, frame, ids, output)
+        self._mirror(live, runner, frame, key, ids, output)
         self.figures.record(name, runner.model, runner.version, latency_ms, rows=n_rows)
         return Answer(name, live.revision, runner, ids, output, request_id, extra)
 
@@ -602,22 +609,36 @@ class Gateway:
         )
 
     def _mirror(
-        self, live: LiveEndpoint, runner: Runner, frame: pd.DataFrame, ids: list[str], served: BatchOutput
+        self,
+        live: LiveEndpoint,
+        runner: Runner,
+        frame: pd.DataFrame,
+        key: tuple[Any, ...] | None,
+        ids: list[str],
+        served: BatchOutput,
     ) -> None:
+        # The frame was built for this request and nothing changes it once answered: the
+        # dispatcher may keep it without a copy.
         for shadow, percent in live.shadows:
             target = ShadowTarget(live.name, shadow.model, shadow.version)
             if percent >= 100:
-                self.shadow.offer(target, shadow.call, frame, ids, served)
+                self.shadow.offer(target, shadow.call, frame, ids, served, key=key, copy=False)
                 continue
             keep = [i for i, pid in enumerate(ids) if should_mirror(percent, pid)]
             if keep:
                 self.shadow.offer(
-                    target, shadow.call, frame.iloc[keep], [ids[i] for i in keep], _take(served, keep)
+                    target,
+                    shadow.call,
+                    frame.iloc[keep],
+                    [ids[i] for i in keep],
+                    _take(served, keep),
+                    key=key,
+                    copy=False,
                 )
         if live.canary is not None and live.baseline is not None and runner is live.canary:
             # The canary's disagreement gate compares it with the baseline on the same requests.
             baseline = ShadowTarget(live.name, live.baseline.model, live.baseline.version)
-            self.shadow.offer(baseline, live.baseline.call, frame, ids, served)
+            self.shadow.offer(baseline, live.baseline.call, frame, ids, served, key=key, copy=False)
 
     def _on_shadow(self, results: list[ShadowResult]) -> None:
         now = dt.datetime.now(dt.UTC)

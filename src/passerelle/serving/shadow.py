@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from passerelle.serving.batcher import BatchOutput, ModelCall, frame_key, run_call
+from passerelle.serving.batcher import BatchOutput, ModelCall, concat_frames, frame_key, run_call
 
 if TYPE_CHECKING:
     from passerelle.serving.metrics import ServingMetrics
@@ -152,12 +152,33 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _joined(outputs: list[BatchOutput]) -> BatchOutput | None:
+    """The served answers of several requests as one, or None when they do not line up."""
+    if len(outputs) == 1:
+        return outputs[0]
+    first = outputs[0]
+    with_proba = first.proba is not None
+    kind = np.asarray(first.predictions).dtype
+    for out in outputs:
+        if (out.proba is not None) != with_proba or out.classes != first.classes:
+            return None
+        if np.asarray(out.predictions).dtype != kind:  # concatenating would change how they compare
+            return None
+    try:
+        predictions = np.concatenate([np.asarray(o.predictions) for o in outputs])
+        proba = np.concatenate([np.asarray(o.proba) for o in outputs]) if with_proba else None
+    except ValueError:  # shapes differ
+        return None
+    return BatchOutput(predictions, proba, first.classes)
+
+
 class _Item(NamedTuple):
     target: ShadowTarget
     call: ModelCall
     frame: pd.DataFrame
     prediction_ids: list[str]
     served: BatchOutput
+    key: tuple[Any, ...] | None
 
 
 class ShadowDispatcher:
@@ -252,8 +273,15 @@ class ShadowDispatcher:
         frame: pd.DataFrame,
         prediction_ids: Sequence[str],
         served: BatchOutput,
+        *,
+        key: tuple[Any, ...] | None = None,
+        copy: bool = True,
     ) -> bool:
-        """Queue a copy of ``frame`` for ``target_key``; False when it was dropped instead."""
+        """Queue a copy of ``frame`` for ``target_key``; False when it was dropped instead.
+
+        ``key`` is :func:`~passerelle.serving.batcher.frame_key` of ``frame`` when the caller
+        knows it; ``copy=False`` keeps ``frame`` itself, for a caller that never changes it.
+        """
         rows = 0
         try:
             rows = len(frame)
@@ -269,8 +297,9 @@ class ShadowDispatcher:
                 self._count_drop(target_key, rows)
                 return False
             try:
-                # A copy, since the caller may reuse or mutate its frame once answered.
-                item = _Item(target_key, call, frame.copy(), list(prediction_ids), served)
+                # A copy unless told otherwise, since the caller may reuse or mutate its frame.
+                kept = frame.copy() if copy else frame
+                item = _Item(target_key, call, kept, list(prediction_ids), served, key)
             except BaseException:
                 with self._lock:
                     self._rows -= rows
@@ -337,7 +366,8 @@ class ShadowDispatcher:
     def _process(self, items: list[_Item]) -> None:
         groups: dict[tuple[Any, ...], list[_Item]] = {}
         for item in items:
-            groups.setdefault((item.target, id(item.call), frame_key(item.frame)), []).append(item)
+            key = item.key if item.key is not None else frame_key(item.frame)
+            groups.setdefault((item.target, id(item.call), key), []).append(item)
         results: list[ShadowResult] = []
         for group in groups.values():
             chunk: list[_Item] = []
@@ -362,7 +392,7 @@ class ShadowDispatcher:
         frames = [item.frame for item in chunk]
         start = time.perf_counter()
         try:
-            frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+            frame = frames[0] if len(frames) == 1 else concat_frames(frames)
             out = run_call(call, frame)
         except Exception as exc:
             if len(chunk) > 1:
@@ -372,19 +402,29 @@ class ShadowDispatcher:
             failure = f"{type(exc).__name__}: {exc}"
             return [ShadowResult(chunk[0].prediction_ids, target, None, None, latency_ms, failure, [], [])]
         latency_ms = (time.perf_counter() - start) * 1000
+        # One comparison for the whole chunk, when the served answers line up into one.
+        together = _joined([item.served for item in chunk])
+        compared: tuple[list[bool], list[float]] | None = None
+        if together is not None:
+            with contextlib.suppress(Exception):  # compared request by request below, to name the error
+                compared = compare(together, out, regression_rtol=self.regression_rtol)
         results: list[ShadowResult] = []
         offset = 0
         for item in chunk:
             rows = len(item.frame)
             mine = out.slice(offset, offset + rows)
-            offset += rows
             error: str | None = None
             agreement: list[bool] = []
             score_diff: list[float] = []
-            try:
-                agreement, score_diff = compare(item.served, mine, regression_rtol=self.regression_rtol)
-            except Exception as exc:
-                error = f"cannot compare with the served answer: {exc}"
+            if compared is not None:
+                agreement = compared[0][offset : offset + rows]
+                score_diff = compared[1][offset : offset + rows]
+            else:
+                try:
+                    agreement, score_diff = compare(item.served, mine, regression_rtol=self.regression_rtol)
+                except Exception as exc:
+                    error = f"cannot compare with the served answer: {exc}"
+            offset += rows
             results.append(
                 ShadowResult(
                     item.prediction_ids,
