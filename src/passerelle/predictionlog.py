@@ -54,6 +54,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from passerelle import audit
 from passerelle._failpoints import failpoint
+from passerelle.entropy import random_bytes
 from passerelle.errors import InvalidInputError, NotFoundError, PasserelleError, StoreError
 from passerelle.policy import Policy
 from passerelle.settings import Settings, load_settings
@@ -165,7 +166,7 @@ def new_prediction_id() -> str:
 
     48 bits of Unix milliseconds, then 12 bits of sub-millisecond time (RFC 9562, method 3) so
     that ids from one process also sort within a millisecond, then 62 random bits from the
-    kernel, which stay unique after a fork without any reseeding.
+    kernel (:mod:`passerelle.entropy`, which never hands the same bytes to a forked child).
     """
     ns = time.time_ns()
     ms, sub = divmod(ns, 1_000_000)
@@ -174,7 +175,7 @@ def new_prediction_id() -> str:
         | 0x7 << 76
         | (sub * 4096 // 1_000_000) << 64
         | 0b10 << 62
-        | int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
+        | int.from_bytes(random_bytes(8)) & 0x3FFF_FFFF_FFFF_FFFF
     )
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

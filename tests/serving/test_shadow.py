@@ -197,7 +197,8 @@ def test_stop_gives_up_on_a_stuck_shadow_call_after_its_timeout() -> None:
     collected = Collected()
 
     async def main() -> None:
-        dispatcher = ShadowDispatcher(on_result=collected, metrics=None)
+        # No lingering: the first row's call starts at once and gets stuck, the second row waits.
+        dispatcher = ShadowDispatcher(on_result=collected, metrics=None, linger_s=0)
         dispatcher.start()
         assert dispatcher.offer(TARGET, ShadowModel(gate), frame(1), ["s1"], served(1))
         await asyncio.sleep(0.01)
@@ -241,3 +242,36 @@ def test_should_mirror_is_deterministic_and_proportional() -> None:
     assert set(picked) <= {i for i in ids if should_mirror(50, i)}
     assert not any(should_mirror(0, i) for i in ids[:100])
     assert all(should_mirror(100, i) for i in ids[:100])
+
+
+class Version:
+    """Offers a bound method, as the gateway does (``runner.call``): a new object at each access."""
+
+    def __init__(self, model: ShadowModel) -> None:
+        self.model = model
+
+    def call(self, table: pd.DataFrame) -> BatchOutput:
+        return self.model(table)
+
+
+def test_rows_offered_close_together_share_one_shadow_call() -> None:
+    collected = Collected()
+    model = ShadowModel()
+    version = Version(model)
+
+    async def main() -> None:
+        dispatcher = ShadowDispatcher(on_result=collected, metrics=None, linger_s=0.2)
+        dispatcher.start()
+        for i in range(5):
+            assert dispatcher.offer(TARGET, version.call, frame(i), [f"s{i}"], served(i))
+            await asyncio.sleep(0.01)  # as requests answered one after the other
+        for _ in range(200):
+            if len(collected.results) == 5:
+                break
+            await asyncio.sleep(0.01)
+        await dispatcher.stop()
+
+    asyncio.run(main())
+    assert model.calls == [5]
+    assert [r.prediction_ids for r in collected.results] == [[f"s{i}"] for i in range(5)]
+    assert [r.agreement for r in collected.results] == [[i % 3 != 0] for i in range(5)]

@@ -16,13 +16,13 @@ import json
 import logging
 import math
 import re
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from passerelle.auth import AuthenticationError, PermissionDeniedError, RateLimitedError
+from passerelle.entropy import random_hex
 from passerelle.errors import (
     ConflictError,
     IntegrityError,
@@ -235,7 +235,7 @@ def _rebuild(
 
 def request_id(request: Request) -> str:
     found = getattr(request.state, "request_id", None)
-    return found if isinstance(found, str) else uuid.uuid4().hex
+    return found if isinstance(found, str) else random_hex(16)
 
 
 def _json(status: int, body: dict[str, Any], rid: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -314,7 +314,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_request_id(scope) or uuid.uuid4().hex
+        rid = _incoming_request_id(scope) or random_hex(16)
         scope.setdefault("state", {})["request_id"] = rid
         started = False
 

@@ -134,13 +134,15 @@ def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """The rows of ``frames`` (of equal :func:`frame_key`) as one frame with a fresh index.
 
     Frames of float columns only, as single-row requests mostly are, are stacked as one
-    block: the same frame ``pd.concat`` gives, at half its cost.
+    block: the same frame ``pd.concat`` gives, at half its cost. The block stays row-major
+    (``copy=False``): tree ensembles walk it row by row and are about three times slower
+    on a column-major copy.
     """
     first = frames[0]
     columns = first.columns
     if all(f.columns is columns for f in frames) and all(dtype == _FLOAT for dtype in first.dtypes):
         matrix = np.concatenate([f.to_numpy(dtype=np.float64, copy=False) for f in frames])
-        return pd.DataFrame(matrix, columns=columns)
+        return pd.DataFrame(matrix, columns=columns, copy=False)
     return pd.concat(frames, ignore_index=True)
 
 

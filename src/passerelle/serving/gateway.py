@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pandas as pd
 
 from passerelle.context import Context
 from passerelle.endpoints import Endpoints
+from passerelle.entropy import random_hex
 from passerelle.errors import (
     ModelError,
     NotFoundError,
@@ -503,7 +503,7 @@ class Gateway:
                 first = columns[live.policy.sticky_key][0]
                 sticky = None if first is None else str(first)
             runner = live.choose(sticky)
-        request_id = uuid.uuid4().hex[:16]
+        request_id = random_hex(8)
         prepared = runner.prepare(columns, n_rows)
         key: tuple[Any, ...] | None = None
         if prepared is not None:
