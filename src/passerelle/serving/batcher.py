@@ -141,7 +141,9 @@ def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     first = frames[0]
     columns = first.columns
     if all(f.columns is columns for f in frames) and all(dtype == _FLOAT for dtype in first.dtypes):
-        matrix = np.concatenate([f.to_numpy(dtype=np.float64, copy=False) for f in frames])
+        matrix = np.ascontiguousarray(
+            np.concatenate([f.to_numpy(dtype=np.float64, copy=False) for f in frames])
+        )
         return pd.DataFrame(matrix, columns=columns, copy=False)
     return pd.concat(frames, ignore_index=True)
 
