@@ -78,10 +78,10 @@ class Health(BaseModel):
 def create_app(settings: Settings | None = None, *, routers: Sequence[Guarded | APIRouter] = ()) -> FastAPI:
     """A FastAPI app serving the management API on the store ``settings`` name.
 
-    ``routers`` are added after the management routes: the serving gateway passes its
-    inference routes, ``/readyz`` and ``/metrics`` here. Their handlers get the same client
-    through :func:`passerelle.api.deps.acting_client`, the same error handling and the same
-    access control.
+    ``routers`` are matched before the management routes (their paths do not overlap): the
+    serving gateway passes its inference routes, ``/readyz`` and ``/metrics`` here. Their
+    handlers get the same client through :func:`passerelle.api.deps.acting_client`, the same
+    error handling and the same access control.
     """
     settings = settings or load_settings()
     client = LocalClient(settings)
@@ -121,7 +121,9 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[Guarded | 
 
     access.declare(app.router.routes[-1], PUBLIC)
     access.public_paths(app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url)
-    for router in (*MANAGEMENT_ROUTERS, *routers):
+    # The routers passed in (inference, console) go first: Starlette tries routes in order,
+    # and a prediction should not be matched against every management route before its own.
+    for router in (*routers, *MANAGEMENT_ROUTERS):
         access.include(app, router)
     return app
 

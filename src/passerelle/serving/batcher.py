@@ -177,6 +177,10 @@ def _timed(call: ModelCall, frames: Sequence[pd.DataFrame]) -> tuple[list[BatchO
     return results, time.perf_counter() - start
 
 
+#: seconds between two writes of the queue gauge on arrivals
+GAUGE_INTERVAL_S = 0.1
+
+
 class _State(enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -255,6 +259,7 @@ class Batcher:
         self._batch_rows = metrics.batch_rows.labels(*labels) if metrics else None
         self._queue_gauge = metrics.queue_rows.labels(*labels) if metrics else None
         self._queue_wait = metrics.queue_wait.labels(*labels) if metrics else None
+        self._gauge_at = float("-inf")
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -331,7 +336,7 @@ class Batcher:
         self._requests += 1
         if self._idle is not None:
             self._idle.clear()
-        self._gauge()
+        self._gauge(arriving=True)
         self._schedule()
         try:
             return await pending.future
@@ -398,9 +403,17 @@ class Batcher:
         if self._idle is not None and not (self._running or self._queued):
             self._idle.set()
 
-    def _gauge(self) -> None:
-        if self._queue_gauge is not None:
-            self._queue_gauge.set(self._queued_rows)
+    def _gauge(self, *, arriving: bool = False) -> None:
+        if self._queue_gauge is None:
+            return
+        if arriving and self._loop is not None:
+            # A multiprocess gauge write costs as much as the rest of submit(): for arrivals,
+            # at most one every GAUGE_INTERVAL_S (dispatches and expiries always write).
+            now = self._loop.time()
+            if now - self._gauge_at < GAUGE_INTERVAL_S:
+                return
+            self._gauge_at = now
+        self._queue_gauge.set(self._queued_rows)
 
     def _forget(self, pending: _Pending) -> None:
         pending.state = _State.GONE
