@@ -75,13 +75,19 @@ class Health(BaseModel):
     status: str
 
 
-def create_app(settings: Settings | None = None, *, routers: Sequence[Guarded | APIRouter] = ()) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    routers: Sequence[Guarded | APIRouter] = (),
+    app_class: type[FastAPI] = FastAPI,
+) -> FastAPI:
     """A FastAPI app serving the management API on the store ``settings`` name.
 
     ``routers`` are matched before the management routes (their paths do not overlap): the
     serving gateway passes its inference routes, ``/readyz`` and ``/metrics`` here. Their
     handlers get the same client through :func:`passerelle.api.deps.acting_client`, the same
-    error handling and the same access control.
+    error handling and the same access control. ``app_class`` is the application's class (the
+    gateway's answers its inference routes itself).
     """
     settings = settings or load_settings()
     client = LocalClient(settings)
@@ -97,7 +103,7 @@ def create_app(settings: Settings | None = None, *, routers: Sequence[Guarded | 
         finally:
             await run_in_threadpool(client.close)
 
-    app = FastAPI(
+    app = app_class(
         title="passerelle",
         version=__version__,
         summary="Management API of passerelle: the model registry, datasets, the audit log.",

@@ -448,6 +448,14 @@ class Gatekeeper:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.guard(self.app, scope, receive, send)
+
+    async def guard(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run ``app`` on this HTTP request if it is admitted, with its body limit and timeout.
+
+        The serving gateway's inference lane calls this directly with its own handler, so its
+        routes get the same checks as every other route without the middleware chain.
+        """
         access = self.access
         content_type, declared, authorization = _headers(scope)
         limit, limit_name = access.body_limit(content_type)
@@ -464,7 +472,7 @@ class Gatekeeper:
             await error_response(exc, _request_id(scope))(scope, receive, send)
             return
         timed = rule is None or rule.timed
-        await _Exchange(self.app, scope, receive, send, limit, limit_name, access.timeout_s, timed).run()
+        await _Exchange(app, scope, receive, send, limit, limit_name, access.timeout_s, timed).run()
 
     async def _admit(self, scope: Scope, matched: _Matched, authorization: bytes | None) -> None:
         access = self.access

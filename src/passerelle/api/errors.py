@@ -314,7 +314,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_request_id(scope) or random_hex(16)
+        rid = incoming_request_id(scope) or random_hex(16)
         scope.setdefault("state", {})["request_id"] = rid
         started = False
 
@@ -332,11 +332,16 @@ class RequestIdMiddleware:
             logger.exception("internal error (request id %s)", rid)
             if started:
                 raise
-            response = _json(500, error_body(INTERNAL_TYPE, f"internal error (request id {rid})", rid), rid)
-            await response(scope, receive, send_with_id)
+            await internal_error_response(rid)(scope, receive, send_with_id)
 
 
-def _incoming_request_id(scope: Scope) -> str | None:
+def internal_error_response(rid: str) -> JSONResponse:
+    """The answer to an unexpected failure: only the request id, never a trace (that goes to the log)."""
+    return _json(500, error_body(INTERNAL_TYPE, f"internal error (request id {rid})", rid), rid)
+
+
+def incoming_request_id(scope: Scope) -> str | None:
+    """The caller's own ``X-Request-ID``, when it is short and plain enough to be kept."""
     for key, value in scope.get("headers", []):
         if key.lower() == b"x-request-id":
             text = value.decode("latin-1")

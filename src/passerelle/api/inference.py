@@ -6,6 +6,8 @@ model validation on the hot path; the request shapes are still documented in Ope
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -93,17 +95,19 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
+def check_body_size(gateway: Gateway, size: int) -> None:
+    if size > gateway.limits.max_body_bytes:
+        raise PayloadTooLargeError(
+            f"request body of {size} bytes exceeds the limit of {gateway.limits.max_body_bytes}"
+        )
+
+
 async def _body(request: Request, gateway: Gateway) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > gateway.limits.max_body_bytes:
-        raise PayloadTooLargeError(
-            f"request body of {declared} bytes exceeds the limit of {gateway.limits.max_body_bytes}"
-        )
+    if declared is not None and declared.isdigit():
+        check_body_size(gateway, int(declared))
     body = await request.body()
-    if len(body) > gateway.limits.max_body_bytes:
-        raise PayloadTooLargeError(
-            f"request body of {len(body)} bytes exceeds the limit of {gateway.limits.max_body_bytes}"
-        )
+    check_body_size(gateway, len(body))
     return body
 
 
@@ -113,6 +117,68 @@ def _record(gateway: Gateway, answer: Answer, code: str, seconds: float) -> None
     m.requests.labels(*labels, code).inc()
     m.request_rows.labels(*labels).inc(len(answer.prediction_ids))
     m.request_latency.labels(*labels).observe(seconds)
+
+
+#: an answer of the inference routes: its body, content type and extra headers
+Reply = tuple[bytes, str, dict[str, str]]
+
+
+async def predict_reply(gateway: Gateway, name: str, body: bytes) -> Reply:
+    """The answer to ``POST /v1/endpoints/{name}/predict`` with this body.
+
+    Shared by the FastAPI route and the gateway's inference lane (passerelle.serving.lane).
+    """
+    started = time.perf_counter()
+    decoded = codec.decode_predict(body)
+    answer = await gateway.predict(name, decoded.columns, decoded.n_rows, keys=decoded.keys)
+    runner = answer.runner
+    extra: dict[str, Any] = {"revision": answer.revision}
+    if answer.extra_columns:
+        extra["ignored_columns"] = answer.extra_columns
+    out = codec.encode_predict(
+        answer.prediction_ids,
+        runner.model,
+        runner.version,
+        name,
+        answer.output.predictions,
+        answer.output.proba,
+        runner.classes,
+        extra,
+    )
+    _record(gateway, answer, "200", time.perf_counter() - started)
+    return out, JSON, {}
+
+
+async def infer_reply(
+    gateway: Gateway, name: str, body: bytes, headers: Mapping[str, str], version: int | None
+) -> Reply:
+    """The answer to an Open Inference Protocol v2 infer request (``version``: the pinned one).
+
+    ``headers`` are the request's, with lower-case names (the binary data extension reads one).
+    """
+    started = time.perf_counter()
+    live = gateway.live_endpoint(name)
+    req = codec.decode_infer(body, headers)
+    runner_sig = None
+    primary = gateway.runners.get(live.policy.primary.ref)
+    if primary is not None:
+        runner_sig = primary.signature
+    if runner_sig is None:
+        raise InvalidInputError(
+            f"endpoint {name!r} serves a version without a signature; use /v1/endpoints/{name}/predict"
+        )
+    columns_arrays = codec.tensors_to_columns(req.inputs, runner_sig.names)
+    columns = {k: (v.tolist() if isinstance(v, np.ndarray) else list(v)) for k, v in columns_arrays.items()}
+    n_rows = len(next(iter(columns.values()))) if columns else 0
+    answer = await gateway.predict(name, columns, n_rows, version=version)
+    runner = answer.runner
+    produced = codec.default_outputs(answer.output.predictions, answer.output.proba)
+    names, binary = codec.plan_outputs(req, [o[0] for o in produced])
+    outputs = [o for name_ in names for o in produced if o[0] == name_]
+    parameters: dict[str, Any] = {"prediction_ids": answer.prediction_ids, "endpoint": name}
+    out, out_headers = codec.encode_infer(name, str(runner.version), req.id, outputs, parameters, binary)
+    _record(gateway, answer, "200", time.perf_counter() - started)
+    return out, out_headers.pop("Content-Type", JSON), out_headers
 
 
 def build_router() -> APIRouter:
@@ -133,58 +199,15 @@ def build_router() -> APIRouter:
         },
     )
     async def predict(name: str, request: Request) -> Response:
-        import time
-
-        started = time.perf_counter()
         gateway = _gateway(request)
-        decoded = codec.decode_predict(await _body(request, gateway))
-        answer = await gateway.predict(name, decoded.columns, decoded.n_rows, keys=decoded.keys)
-        runner = answer.runner
-        extra: dict[str, Any] = {"revision": answer.revision}
-        if answer.extra_columns:
-            extra["ignored_columns"] = answer.extra_columns
-        body = codec.encode_predict(
-            answer.prediction_ids,
-            runner.model,
-            runner.version,
-            name,
-            answer.output.predictions,
-            answer.output.proba,
-            runner.classes,
-            extra,
-        )
-        _record(gateway, answer, "200", time.perf_counter() - started)
-        return Response(body, media_type=JSON)
+        body, media_type, headers = await predict_reply(gateway, name, await _body(request, gateway))
+        return Response(body, media_type=media_type, headers=headers)
 
     async def infer(name: str, request: Request, version: int | None) -> Response:
-        import time
-
-        started = time.perf_counter()
         gateway = _gateway(request)
-        live = gateway.live_endpoint(name)
-        req = codec.decode_infer(await _body(request, gateway), dict(request.headers))
-        runner_sig = None
-        primary = gateway.runners.get(live.policy.primary.ref)
-        if primary is not None:
-            runner_sig = primary.signature
-        if runner_sig is None:
-            raise InvalidInputError(
-                f"endpoint {name!r} serves a version without a signature; use /v1/endpoints/{name}/predict"
-            )
-        columns_arrays = codec.tensors_to_columns(req.inputs, runner_sig.names)
-        columns = {
-            k: (v.tolist() if isinstance(v, np.ndarray) else list(v)) for k, v in columns_arrays.items()
-        }
-        n_rows = len(next(iter(columns.values()))) if columns else 0
-        answer = await gateway.predict(name, columns, n_rows, version=version)
-        runner = answer.runner
-        produced = codec.default_outputs(answer.output.predictions, answer.output.proba)
-        names, binary = codec.plan_outputs(req, [o[0] for o in produced])
-        outputs = [o for name_ in names for o in produced if o[0] == name_]
-        parameters: dict[str, Any] = {"prediction_ids": answer.prediction_ids, "endpoint": name}
-        body, headers = codec.encode_infer(name, str(runner.version), req.id, outputs, parameters, binary)
-        _record(gateway, answer, "200", time.perf_counter() - started)
-        return Response(body, media_type=headers.pop("Content-Type", JSON), headers=headers)
+        body = await _body(request, gateway)
+        out, media_type, headers = await infer_reply(gateway, name, body, request.headers, version)
+        return Response(out, media_type=media_type, headers=headers)
 
     @router.post(
         "/v2/models/{name}/infer",

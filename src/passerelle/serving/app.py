@@ -15,7 +15,9 @@ from passerelle.api.endpoints import feedback_router
 from passerelle.api.endpoints import router as endpoints_router
 from passerelle.api.inference import build_router
 from passerelle.auth import Permission
+from passerelle.serving import lane
 from passerelle.serving.gateway import Gateway, Limits
+from passerelle.serving.lane import ServingApp
 from passerelle.serving.metrics import ServingMetrics
 from passerelle.settings import Settings
 from passerelle.ui import router as console_router
@@ -61,7 +63,7 @@ def create_serving_app(
         # the same roles (passerelle.ui.session).
         Guarded(console_router, read=PUBLIC, write=PUBLIC),
     ]
-    app = create_app(settings, routers=routers)
+    app = create_app(settings, routers=routers, app_class=ServingApp)
     if limits is None:
         limits = Limits(max_rows=settings.max_rows_per_request, max_body_bytes=settings.max_body_bytes)
     # The gateway shares the management API's stores: one connection pool per worker.
@@ -74,6 +76,7 @@ def create_serving_app(
         background=background,
     )
     app.state.gateway = gateway
+    lane.install(app, gateway)
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
