@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from passerelle.errors import PasserelleError
+from passerelle.serving.threads import one_openmp_thread
 
 if TYPE_CHECKING:
     from passerelle.flavors.base import Predictor
@@ -252,7 +253,7 @@ class Batcher:
         self.queue_timeout_s = queue_timeout_s
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"passerelle-batch-{name}"
+            max_workers=1, thread_name_prefix=f"passerelle-batch-{name}", initializer=one_openmp_thread
         )
         model, sep, version = name.rpartition(":")
         labels = (model, version) if sep else (name, "")

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from passerelle.serving.batcher import BatchOutput, ModelCall, concat_frames, frame_key, run_call
+from passerelle.serving.threads import one_openmp_thread
 
 if TYPE_CHECKING:
     from passerelle.serving.metrics import ServingMetrics
@@ -215,7 +216,7 @@ class ShadowDispatcher:
         self.regression_rtol = regression_rtol
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="passerelle-shadow"
+            max_workers=1, thread_name_prefix="passerelle-shadow", initializer=one_openmp_thread
         )
         self._lock = threading.Lock()
         self._items: collections.deque[_Item] = collections.deque()
