@@ -6,16 +6,18 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 import skops.io as sio
 from flavor_helpers import ScaleBy, classification_frame, regression_frame
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from passerelle.errors import InvalidInputError, TrustRequiredError
-from passerelle.flavors.sklearn import SklearnFlavor, is_auto_trusted, untrusted_types
+from passerelle.flavors.sklearn import SklearnFlavor, SklearnPredictor, is_auto_trusted, untrusted_types
 
 TREE_PREDICTOR = "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"
 
@@ -58,6 +60,55 @@ def test_columns_are_matched_by_name_for_models_fitted_on_frames(flavor: Sklearn
     reordered = table[table.columns[::-1]]
 
     np.testing.assert_array_equal(predictor.predict(reordered), model.predict(table))
+
+
+def test_float_frames_reach_a_plain_estimator_as_arrays(
+    flavor: SklearnFlavor, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # filterwarnings=error: the array must not set off "X does not have valid feature names".
+    table, labels = classification_frame()
+    model = HistGradientBoostingClassifier(max_iter=20).fit(table, labels)
+    predictor = flavor.load(dest, flavor.save_object(model, dest).options, trusted=[])
+    seen: list[tuple[bool, type]] = []
+    twin = predictor._unnamed  # type: ignore[attr-defined]
+    assert twin is not None
+    assert not hasattr(twin, "feature_names_in_")
+    original = type(twin).predict_proba
+
+    def spy(self, X):  # type: ignore[no-untyped-def]
+        seen.append((self is twin, type(X)))
+        return original(self, X)
+
+    monkeypatch.setattr(type(twin), "predict_proba", spy)
+    reordered = table[table.columns[::-1]].astype("float64")
+    np.testing.assert_allclose(predictor.predict_proba(reordered), model.predict_proba(table))
+    assert seen[0] == (True, np.ndarray)
+    # A column of another type: the frame goes to the estimator as it is, checks and all.
+    seen.clear()
+    mixed = table.astype({table.columns[0]: "int64"})
+    predictor.predict_proba(mixed)
+    assert seen == [(False, pd.DataFrame)]
+    assert model.feature_names_in_ is not None, "the registered estimator keeps its names"
+
+
+class _ByName(ClassifierMixin, BaseEstimator):
+    """Reads its input by column name: it cannot take an array."""
+
+    def fit(self, X, y):  # type: ignore[no-untyped-def]
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):  # type: ignore[no-untyped-def]
+        return (X["f0"].to_numpy() > 0).astype(int)
+
+
+def test_an_estimator_reading_columns_by_name_keeps_getting_frames() -> None:
+    table, labels = classification_frame()
+    model = _ByName().fit(table, labels)
+    predictor = SklearnPredictor(model)
+    assert predictor._unnamed is None  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(predictor.predict(table), model.predict(table))
 
 
 def test_model_fitted_on_arrays_gets_an_array(flavor: SklearnFlavor, dest: Path) -> None:

@@ -8,9 +8,11 @@ and are converted to skops whenever skops can represent the estimator.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -120,14 +122,23 @@ class SklearnPredictor(Predictor):
         self._feature_names = None if names is None else [str(n) for n in names]
         classes = getattr(model, "classes_", None)
         self.classes = None if classes is None else plain_list(classes)
+        #: the same estimator without its feature names, proven to answer arrays as it answers frames
+        self._unnamed = None if self._feature_names is None else _unnamed_twin(model, self._feature_names)
 
-    def _inputs(self, table: pd.DataFrame) -> Any:
-        if self._feature_names is not None:
-            return columns_in_order(table, self._feature_names)
-        return table.to_numpy()
+    def _call(self, method: str, table: pd.DataFrame) -> np.ndarray[Any, Any]:
+        names = self._feature_names
+        if names is None:
+            return np.asarray(getattr(self.model, method)(table.to_numpy()))
+        ordered = columns_in_order(table, names)
+        unnamed = self._unnamed
+        if unnamed is not None and list(ordered.columns) == names and _all_float(ordered):
+            # scikit-learn checks a frame column by column, which costs as much as a small
+            # tree ensemble's whole prediction; these columns are the fitted ones, in order.
+            return np.asarray(getattr(unnamed, method)(ordered.to_numpy(dtype=np.float64, copy=False)))
+        return np.asarray(getattr(self.model, method)(ordered))
 
     def predict(self, table: pd.DataFrame) -> np.ndarray[Any, Any]:
-        return np.asarray(self.model.predict(self._inputs(table)))
+        return self._call("predict", table)
 
     @property
     def has_proba(self) -> bool:
@@ -136,7 +147,57 @@ class SklearnPredictor(Predictor):
     def predict_proba(self, table: pd.DataFrame) -> np.ndarray[Any, Any]:
         if not self.has_proba:
             return super().predict_proba(table)
-        return np.asarray(self.model.predict_proba(self._inputs(table)))
+        return self._call("predict_proba", table)
+
+
+_FLOAT = np.dtype(np.float64)
+
+
+def _all_float(frame: pd.DataFrame) -> bool:
+    return all(dtype == _FLOAT for dtype in frame.dtypes)
+
+
+def _same(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
+    # Floats only to rounding: a frame reaches the estimator as a column-major array, and
+    # linear algebra over another memory layout may differ in the last bit.
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind == "f":
+        return bool(np.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True))
+    return bool(np.array_equal(a, b))
+
+
+def _unnamed_twin(model: Any, names: list[str]) -> Any | None:
+    """A shallow copy of ``model`` without ``feature_names_in_``, if it answers arrays like frames.
+
+    Only estimators that keep the names as a plain attribute qualify (a pipeline's are its first
+    step's), and only when a probe of float rows gives identical answers both ways: an
+    estimator that selects columns by name (a column transformer) fails the probe and keeps
+    getting frames.
+    """
+    if "feature_names_in_" not in getattr(model, "__dict__", {}) or not hasattr(model, "predict"):
+        return None
+    twin = copy.copy(model)
+    del twin.feature_names_in_
+    probe = np.random.default_rng(0).normal(size=(8, len(names)))
+    from threadpoolctl import threadpool_limits
+
+    try:
+        # One OpenMP thread: a team started here (a loader thread) would outlive the probe and
+        # oversubscribe the cores the serving threads use.
+        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="openmp"):
+            warnings.simplefilter("ignore")
+            frame = pd.DataFrame(probe, columns=names)
+            for method in ("predict", "predict_proba"):
+                if not hasattr(model, method):
+                    continue
+                named = np.asarray(getattr(model, method)(frame))
+                unnamed = np.asarray(getattr(twin, method)(probe))
+                if not _same(named, unnamed):
+                    return None
+    except Exception:
+        return None
+    return twin
 
 
 class SklearnFlavor(Flavor):
